@@ -173,5 +173,5 @@ class BlackBoxRanker:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.usage = Usage.from_dict(state.get("usage", {}))
 
-    def close(self) -> None:  # noqa: B027 - optional hook, most rankers hold nothing
+    def close(self) -> None:
         """Release clients, files and threads. Safe to call twice."""
