@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "register_ranking_loss": ".losses",
     "get_ranking_loss": ".losses",
     "available_ranking_losses": ".losses",
+    "ranking_loss_registry": ".losses",
     # agreement of two rankings
     "agreement_ranking": ".agreement",
     # demonstrations
@@ -61,6 +62,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see real imports
         RRHFLoss,
         available_ranking_losses,
         get_ranking_loss,
+        ranking_loss_registry,
         register_ranking_loss,
     )
     from .rankers import (
