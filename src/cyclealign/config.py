@@ -1,0 +1,329 @@
+"""Training arguments of :class:`~cyclealign.CycleAlignTrainer`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from transformers import TrainingArguments
+
+__all__ = ["CycleAlignConfig"]
+
+_CHOICES = {
+    "ranker_failure_policy": ("skip", "whitebox"),
+    "reward_from_ranking": ("linear", "scores"),
+    "demonstration_selection": ("recent", "similar"),
+}
+
+
+@dataclass
+class CycleAlignConfig(TrainingArguments):
+    r"""
+    Configuration of [`CycleAlignTrainer`].
+
+    Only the parameters specific to CycleAlign are listed here; see
+    [`~transformers.TrainingArguments`] for the rest. Every field works from Python, YAML and
+    the command line ([`~transformers.HfArgumentParser`]); dict-valued fields also accept a
+    JSON object as a string (`--generation_kwargs '{"top_k": 50}'`). No API key is ever a
+    field: rankers read their keys from the environment.
+
+    Parameters:
+        > Parameters that control the model
+
+        model_init_kwargs (`dict[str, Any]` or `str`, *optional*):
+            Keyword arguments for [`~transformers.AutoModelForCausalLM.from_pretrained`], used when
+            the trainer's `model` is a path or hub id (for example `{"dtype": "bfloat16"}`). A
+            string `dtype` is turned into the `torch` dtype. With `gguf_file`, the GGUF checkpoint
+            is converted once to safetensors under `output_dir/gguf-safetensors` (transformers
+            cannot save a GGUF-loaded model, so checkpoints would fail otherwise).
+
+        > Parameters that control the data and generation
+
+        max_prompt_length (`int` or `None`, *optional*, defaults to `256`):
+            Prompts longer than this many tokens lose their oldest tokens (left truncation keeps
+            the end of the conversation, where the question is). `None` keeps everything.
+        num_responses (`int`, *optional*, defaults to `4`):
+            Responses sampled per prompt in each round. Identical samples of one prompt are
+            collapsed, so a prompt may end up with fewer candidates.
+        max_new_tokens (`int`, *optional*, defaults to `64`):
+            Length limit of a sampled response. A response cut by this limit has no EOS; one that
+            ended by itself keeps its EOS as a scored token.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Sampling temperature (> 0).
+        top_p (`float`, *optional*, defaults to `1.0`):
+            Nucleus sampling mass in (0, 1]. Top-k filtering is off (`top_k=0`) unless
+            `generation_kwargs` sets it.
+        generation_kwargs (`dict[str, Any]` or `str`, *optional*):
+            Extra [`~transformers.GenerationConfig`] fields; they override the ones above.
+
+        > Parameters that control the cycle
+
+        max_rounds (`int`, *optional*, defaults to `5`):
+            Generate-rank-agree-optimize rounds per training step (the paper's threshold of
+            interaction times). Every round with a usable ranking updates the weights.
+        stop_on_full_agreement (`bool`, *optional*, defaults to `True`):
+            End the step after the first round in which the black-box and white-box rankings of
+            every prompt (on every process) agree fully. That round still updates the weights.
+        use_better_response (`bool`, *optional*, defaults to `True`):
+            When the ranker returns an improved response (`RankResult.better_response`), add it
+            as a candidate ranked above all others, as in the paper.
+        ranker_failure_policy (`str`, *optional*, defaults to `"skip"`):
+            What a prompt whose ranking failed trains on: `"skip"` (nothing) or `"whitebox"` (the
+            white-box model's own ranking as target). Ranker errors never stop training.
+        reward_from_ranking (`str`, *optional*, defaults to `"linear"`):
+            How a ranking becomes rewards: `"linear"` gives ranks `n-1, ..., 0` best-first;
+            `"scores"` uses the ranker's `scores` where it returns them (one finite value per
+            response) and falls back to linear otherwise.
+
+        > Parameters that control the demonstrations
+
+        use_dynamic_demonstrations (`bool`, *optional*, defaults to `True`):
+            Show agreements from earlier rounds to the ranker as in-context demonstrations.
+            `False` is the paper's "w/o D2" ablation: the pool stays empty.
+        use_static_demonstration (`bool`, *optional*, defaults to `True`):
+            The hand-written demonstration belongs to the ranker's template; the trainer only
+            records this switch (logged as `ablation/static_demonstration`). Set the same switch
+            on your ranker's template. Both switches `False` is the paper's "w/o ICL".
+        max_demonstrations (`int`, *optional*, defaults to `2`):
+            Dynamic demonstrations sent with each ranking request.
+        demonstration_selection (`str`, *optional*, defaults to `"recent"`):
+            Which pool entries to show: `"recent"` or `"similar"` (closest prompts).
+        demonstration_pool_size (`int`, *optional*, defaults to `256`):
+            Agreements kept in the pool; the oldest are dropped first.
+        demonstration_max_chars (`int` or `None`, *optional*):
+            Character budget of one demonstration in the pool; `None` leaves it to the pool.
+
+        > Parameters that control the loss
+
+        ranking_loss (`str`, *optional*, defaults to `"pro"`):
+            Name of a registered ranking loss (`"pro"`, `"rrhf"` or a plugin).
+        ranking_loss_kwargs (`dict[str, Any]` or `str`, *optional*):
+            Keyword arguments of the ranking loss (for example `{"sft_weight": 0.05}`).
+
+        > Parameters that control compute and logging
+
+        scoring_batch_size (`int` or `None`, *optional*):
+            Sequences per forward pass in no-grad scoring (evaluation); `None` scores all of a
+            batch's candidates at once. The training forward stays one pass because the loss
+            needs every candidate in one graph.
+        round_log (`bool`, *optional*, defaults to `False`):
+            Append every round's prompts, candidates, both rankings, the raw black-box answer
+            and the agreement to `output_dir/round_log.jsonl`.
+
+    > [!NOTE]
+    > Defaults that differ from [`~transformers.TrainingArguments`]:
+    > - `remove_unused_columns`: `False` (the trainer needs the raw `prompt` column).
+    > - `logging_steps`: `1` instead of `500` (a step is several rounds of sampling and
+    >   black-box calls).
+    > - `num_train_epochs`: `1.0` instead of `3.0` (the paper trains one epoch).
+    > - `per_device_train_batch_size`: `2` instead of `8` (each prompt becomes
+    >   `num_responses` sequences, up to `max_rounds` times per step).
+    >
+    > `gradient_accumulation_steps` must stay `1`: rounds update the weights between each
+    > other, so accumulating across micro-batches would mix gradients of different models.
+    > Raise `per_device_train_batch_size` instead.
+    """
+
+    _VALID_DICT_FIELDS: ClassVar[list[str]] = [
+        *TrainingArguments._VALID_DICT_FIELDS,
+        "model_init_kwargs",
+        "generation_kwargs",
+        "ranking_loss_kwargs",
+    ]
+
+    # -- defaults changed from TrainingArguments --------------------------------------------
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep dataset columns the model does not take; the trainer needs `prompt`."
+        },
+    )
+    logging_steps: float = field(
+        default=1,
+        metadata={
+            "help": "Log every X update steps (an int, or a float in [0, 1) for a ratio of the total)."
+        },
+    )
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Training epochs to perform."})
+    per_device_train_batch_size: int = field(
+        default=2, metadata={"help": "Prompts per device in a training step."}
+    )
+
+    # -- model --------------------------------------------------------------------------------
+    model_init_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Keyword arguments for `AutoModelForCausalLM.from_pretrained` when `model` is a "
+            'path or hub id, e.g. \'{"dtype": "bfloat16"}\'.'
+        },
+    )
+
+    # -- data and generation -----------------------------------------------------------------
+    max_prompt_length: int | None = field(
+        default=256,
+        metadata={"help": "Prompts longer than this (tokens) are left-truncated. None: no limit."},
+    )
+    num_responses: int = field(
+        default=4, metadata={"help": "Responses sampled per prompt per round."}
+    )
+    max_new_tokens: int = field(
+        default=64, metadata={"help": "Maximum tokens of a sampled response."}
+    )
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (> 0)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass in (0, 1]."})
+    generation_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "Extra GenerationConfig fields; they override the ones above."},
+    )
+
+    # -- the cycle ------------------------------------------------------------------------------
+    max_rounds: int = field(default=5, metadata={"help": "Rounds per training step."})
+    stop_on_full_agreement: bool = field(
+        default=True,
+        metadata={
+            "help": "End the step after a round where every prompt's two rankings agree fully."
+        },
+    )
+    use_better_response: bool = field(
+        default=True,
+        metadata={
+            "help": "Add the ranker's improved response as the top candidate when it gives one."
+        },
+    )
+    ranker_failure_policy: str = field(
+        default="skip",
+        metadata={
+            "help": "Target for prompts whose ranking failed: 'skip' or 'whitebox'.",
+            "choices": list(_CHOICES["ranker_failure_policy"]),
+        },
+    )
+    reward_from_ranking: str = field(
+        default="linear",
+        metadata={
+            "help": "Rewards from a ranking: 'linear' (n-1..0) or 'scores' (the ranker's scores).",
+            "choices": list(_CHOICES["reward_from_ranking"]),
+        },
+    )
+
+    # -- demonstrations -----------------------------------------------------------------------
+    use_dynamic_demonstrations: bool = field(
+        default=True,
+        metadata={"help": "Show earlier agreements to the ranker. False: the paper's 'w/o D2'."},
+    )
+    use_static_demonstration: bool = field(
+        default=True,
+        metadata={
+            "help": "Recorded for the logs; the static demonstration is the ranker template's."
+        },
+    )
+    max_demonstrations: int = field(
+        default=2, metadata={"help": "Dynamic demonstrations per ranking request."}
+    )
+    demonstration_selection: str = field(
+        default="recent",
+        metadata={
+            "help": "Which demonstrations to show: 'recent' or 'similar'.",
+            "choices": list(_CHOICES["demonstration_selection"]),
+        },
+    )
+    demonstration_pool_size: int = field(
+        default=256, metadata={"help": "Agreements kept in the demonstration pool."}
+    )
+    demonstration_max_chars: int | None = field(
+        default=None, metadata={"help": "Character budget of one demonstration. None: the pool's."}
+    )
+
+    # -- loss -----------------------------------------------------------------------------------
+    ranking_loss: str = field(
+        default="pro", metadata={"help": "Registered ranking loss: 'pro', 'rrhf' or a plugin."}
+    )
+    ranking_loss_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Keyword arguments of the ranking loss."}
+    )
+
+    # -- compute and logging ------------------------------------------------------------------
+    scoring_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Sequences per no-grad scoring forward (evaluation). None: no split."},
+    )
+    round_log: bool = field(
+        default=False,
+        metadata={"help": "Append every round to output_dir/round_log.jsonl."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("model_init_kwargs", "generation_kwargs", "ranking_loss_kwargs"):
+            setattr(self, name, _parse_dict(name, getattr(self, name)))
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.gradient_accumulation_steps != 1:
+            raise ValueError(
+                f"CycleAlignConfig: gradient_accumulation_steps must be 1, got "
+                f"{self.gradient_accumulation_steps}. Each training step runs up to max_rounds "
+                "rounds that update the weights in between, so gradients accumulated across "
+                "micro-batches would come from different models. Raise "
+                "per_device_train_batch_size instead."
+            )
+        _check_int("num_responses", self.num_responses, 2, "a ranking needs two responses")
+        _check_int("max_rounds", self.max_rounds, 1, "at least one round per step")
+        _check_int("max_new_tokens", self.max_new_tokens, 1, "responses need a token")
+        _check_int("max_demonstrations", self.max_demonstrations, 0, "0 sends none")
+        _check_int("demonstration_pool_size", self.demonstration_pool_size, 1, "")
+        for name in ("max_prompt_length", "scoring_batch_size", "demonstration_max_chars"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1, "or None for no limit")
+        if not self.temperature > 0:
+            raise ValueError(
+                f"CycleAlignConfig: temperature must be > 0 (responses are sampled), got "
+                f"{self.temperature}. For near-greedy sampling use a small value such as 0.1."
+            )
+        if not 0 < self.top_p <= 1:
+            raise ValueError(
+                f"CycleAlignConfig: top_p must be in (0, 1], got {self.top_p}. Use 1.0 to disable "
+                "nucleus sampling."
+            )
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(
+                    f"CycleAlignConfig: {name} must be one of {list(choices)}, got "
+                    f"{getattr(self, name)!r}."
+                )
+        from .losses import get_ranking_loss
+
+        try:  # build it once so a bad name or keyword fails here, not at the first step
+            get_ranking_loss(self.ranking_loss, **(self.ranking_loss_kwargs or {}))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(
+                f"CycleAlignConfig: ranking_loss={self.ranking_loss!r} with ranking_loss_kwargs="
+                f"{self.ranking_loss_kwargs!r} cannot be built: {err}"
+            ) from err
+
+
+def _parse_dict(name: str, value: Any) -> dict | None:
+    if value is None or isinstance(value, dict):
+        return value
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"CycleAlignConfig: {name} must be a dict or a JSON object string such as "
+                f"'{{\"key\": 1}}', got {value!r} ({err.msg})."
+            ) from None
+        if isinstance(parsed, dict):
+            return parsed
+    raise ValueError(
+        f"CycleAlignConfig: {name} must be a dict or a JSON object string such as "
+        f"'{{\"key\": 1}}', got {value!r}."
+    )
+
+
+def _check_int(name: str, value: Any, minimum: int, why: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        hint = f" ({why})" if why else ""
+        raise ValueError(
+            f"CycleAlignConfig: {name} must be an integer >= {minimum}{hint}, got {value!r}."
+        )

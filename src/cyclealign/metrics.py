@@ -1,0 +1,118 @@
+"""Counters of a CycleAlign round, summed over processes, and the metrics logged from them.
+
+A round's counters travel in one small tensor so that summing them over processes is a
+single collective that every process makes, whatever happened locally. The same sums
+decide, jointly, whether the step stops early and whether anything can be learned.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, fields
+
+import torch
+
+__all__ = ["CycleMetrics", "RoundStats", "reduce_sum", "stats_to_metrics"]
+
+
+@dataclass
+class RoundStats:
+    """Counters of one round on one process (or, after :meth:`reduce`, on all of them)."""
+
+    prompts: float = 0  # prompts in the batch
+    ranked: float = 0  # prompts with a valid black-box ranking
+    failures: float = 0  # prompts whose ranking failed
+    usable: float = 0  # prompts with a training target and two candidates or more
+    not_full: float = 0  # prompts whose two rankings do not agree fully (failures included)
+    better: float = 0  # better responses returned and used
+    agree_len: float = 0  # summed agreement lengths (ranked prompts)
+    full: float = 0  # ranked prompts whose rankings agree fully
+    tau_sum: float = 0  # summed Kendall tau (ranked prompts with 2+ candidates)
+    tau_count: float = 0
+    requests: float = 0  # deltas of ranker.usage
+    cache_hits: float = 0
+    prompt_tokens: float = 0
+    completion_tokens: float = 0
+    contributing: float = 0  # prompts that contributed to the loss
+    loss_sum: float = 0  # loss, rank and SFT terms, each times `contributing`
+    rank_loss_sum: float = 0
+    sft_loss_sum: float = 0
+
+    def reduce(self, accelerator) -> RoundStats:
+        """The sum over every process. All processes must call it (it is a collective)."""
+        return RoundStats(*reduce_sum(accelerator, [getattr(self, f.name) for f in fields(self)]))
+
+    def add_usage_delta(self, before, after) -> None:
+        """What the ranker spent between two copies of its ``usage``."""
+        for name in ("requests", "cache_hits", "prompt_tokens", "completion_tokens"):
+            setattr(self, name, getattr(after, name) - getattr(before, name))
+
+    def add_loss(self, output, contributing: int) -> None:
+        """Record a :class:`~cyclealign.RankingLossOutput` averaged over ``contributing`` prompts."""
+        self.contributing += contributing
+        self.loss_sum += float(output.loss.detach()) * contributing
+        self.rank_loss_sum += float(output.rank_loss.detach()) * contributing
+        self.sft_loss_sum += float(output.sft_loss.detach()) * contributing
+
+    def add(self, other: RoundStats) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+class CycleMetrics:
+    """Per-step metrics, kept as lists of values and averaged when logged (as TRL does).
+
+    Counts (``ranker/*``) are per training step: all rounds, all processes.
+    """
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = defaultdict(list)
+
+    def add(self, name: str, value: float) -> None:
+        self.values[name].append(float(value))
+
+    def add_step(self, stats: RoundStats, rounds: int, updates: int) -> None:
+        """Record the summed counters of one training step (or one evaluation batch)."""
+        self.add("cycle/rounds", rounds)
+        self.add("cycle/updates", updates)
+        for name, value in stats_to_metrics(stats).items():
+            self.add(name, value)
+
+    def pop_means(self) -> dict[str, float]:
+        """Mean of every metric since the last call (NaNs, from empty ratios, ignored)."""
+        means = {}
+        for name, values in self.values.items():
+            valid = [v for v in values if not math.isnan(v)]
+            if valid:
+                means[name] = sum(valid) / len(valid)
+        self.values.clear()
+        return means
+
+
+def stats_to_metrics(stats: RoundStats) -> dict[str, float]:
+    """Ratios and counts logged under ``agreement/*`` and ``ranker/*``."""
+    return {
+        "agreement/length": _ratio(stats.agree_len, stats.ranked),
+        "agreement/full_rate": _ratio(stats.full, stats.ranked),
+        "agreement/kendall_tau": _ratio(stats.tau_sum, stats.tau_count),
+        "ranker/failures": stats.failures,
+        "ranker/failure_rate": _ratio(stats.failures, stats.prompts),
+        "ranker/requests": stats.requests,
+        "ranker/cache_hits": stats.cache_hits,
+        "ranker/prompt_tokens": stats.prompt_tokens,
+        "ranker/completion_tokens": stats.completion_tokens,
+        "ranker/better_responses": stats.better,
+        "loss/rank": _ratio(stats.rank_loss_sum, stats.contributing),
+        "loss/sft": _ratio(stats.sft_loss_sum, stats.contributing),
+    }
+
+
+def reduce_sum(accelerator, values: list[float]) -> list[float]:
+    """Element-wise sum of ``values`` over processes (a collective: every process calls it)."""
+    tensor = torch.tensor([values], dtype=torch.float64, device=accelerator.device)
+    return accelerator.gather(tensor).reshape(-1, len(values)).sum(dim=0).tolist()
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else math.nan

@@ -1,0 +1,68 @@
+"""PromptCollator and render_prompt: chat templates, the Human/Assistant format, padding."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import build_tiny_tokenizer
+from cyclealign.collator import HUMAN_ASSISTANT_FORMAT, PromptCollator, render_prompt
+
+
+@pytest.fixture(scope="module")
+def plain_tokenizer():
+    return build_tiny_tokenizer(chat_template=False, pad_is_eos=False)
+
+
+def test_chat_template_renders_strings_and_messages(tiny_tokenizer):
+    expected = "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
+    assert render_prompt("hello", tiny_tokenizer) == expected
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "yes"},
+        {"role": "user", "content": "hello"},
+    ]
+    rendered = render_prompt(messages, tiny_tokenizer)
+    assert rendered.startswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nyes")
+    assert rendered.endswith(expected)
+
+
+def test_without_chat_template_uses_human_assistant(plain_tokenizer):
+    assert render_prompt("hello", plain_tokenizer) == HUMAN_ASSISTANT_FORMAT.format(prompt="hello")
+    hh = "\n\nHuman: hi\n\nAssistant: yes\n\nHuman: and?\n\nAssistant:"
+    assert render_prompt(hh, plain_tokenizer) == hh  # already formatted: left alone
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"}]
+    assert (
+        render_prompt(messages, plain_tokenizer) == "\n\nHuman: hi\n\nAssistant: yes\n\nAssistant:"
+    )
+
+
+def test_bad_prompts_are_refused(tiny_tokenizer):
+    with pytest.raises(ValueError, match="string or a list of chat messages"):
+        render_prompt(42, tiny_tokenizer)
+    with pytest.raises(ValueError, match="string or a list of chat messages"):
+        render_prompt([{"text": "no role"}], tiny_tokenizer)
+    with pytest.raises(ValueError, match="Rename your column to 'prompt'"):
+        PromptCollator(tiny_tokenizer)([{"question": "hi"}])
+
+
+def test_left_padding_and_left_truncation(tiny_tokenizer):
+    long = "the quick brown fox jumps over the lazy dog " * 5
+    batch = PromptCollator(tiny_tokenizer, max_prompt_length=12)(
+        [{"prompt": "hi"}, {"prompt": long}]
+    )
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert ids.shape == (2, 12) and mask[1].all()
+    short_len = int(mask[0].sum())
+    assert mask[0, -short_len:].all() and not mask[0, :-short_len].any()  # left-padded
+    full = tiny_tokenizer(render_prompt(long, tiny_tokenizer), add_special_tokens=False)[
+        "input_ids"
+    ]
+    assert ids[1].tolist() == full[-12:]  # the end of the prompt is kept
+    assert batch["prompts"] == ["hi", long]  # raw prompts travel as a Python list
+
+
+def test_tokenizer_without_pad_token_is_refused(plain_tokenizer):
+    tokenizer = build_tiny_tokenizer(chat_template=False, pad_is_eos=False)
+    tokenizer.pad_token = None
+    with pytest.raises(ValueError, match="no pad token"):
+        PromptCollator(tokenizer)

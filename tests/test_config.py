@@ -1,0 +1,110 @@
+"""CycleAlignConfig: defaults, dict fields from JSON/CLI/YAML, validation messages."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from transformers import HfArgumentParser, TrainingArguments
+
+from cyclealign.config import CycleAlignConfig
+
+OWN_FIELDS = [
+    f.name
+    for f in dataclasses.fields(CycleAlignConfig)
+    if f.name not in {g.name for g in dataclasses.fields(TrainingArguments)}
+]
+
+
+def make(tmp_path, **kwargs):
+    return CycleAlignConfig(output_dir=str(tmp_path), **kwargs)
+
+
+def test_defaults(tmp_path):
+    args = make(tmp_path)
+    assert (args.num_responses, args.max_rounds, args.max_new_tokens) == (4, 5, 64)
+    assert args.stop_on_full_agreement and args.use_better_response
+    assert args.ranking_loss == "pro" and args.reward_from_ranking == "linear"
+    assert args.ranker_failure_policy == "skip"
+    assert args.use_dynamic_demonstrations and args.use_static_demonstration
+    assert args.remove_unused_columns is False and args.logging_steps == 1
+    assert args.gradient_accumulation_steps == 1 and args.round_log is False
+
+
+def test_every_own_field_is_documented_and_has_help():
+    doc = CycleAlignConfig.__doc__
+    for name in OWN_FIELDS:
+        assert f"        {name} (" in doc, f"{name} missing from the Parameters docstring"
+    for f in dataclasses.fields(CycleAlignConfig):
+        if f.name in OWN_FIELDS:
+            assert f.metadata.get("help"), f.name
+    assert "api_key" not in " ".join(OWN_FIELDS)
+
+
+def test_dict_fields_accept_json_strings(tmp_path):
+    args = make(
+        tmp_path,
+        generation_kwargs='{"top_k": 5, "repetition_penalty": 1.1}',
+        ranking_loss="rrhf",
+        ranking_loss_kwargs="{}",
+        model_init_kwargs={"dtype": "bfloat16"},
+    )
+    assert args.generation_kwargs == {"top_k": 5, "repetition_penalty": 1.1}
+    assert args.ranking_loss_kwargs == {}
+    assert args.model_init_kwargs == {"dtype": "bfloat16"}
+    json.loads(args.to_json_string())  # still serialisable for the trainer state
+
+
+def test_command_line_and_yaml(tmp_path):
+    parser = HfArgumentParser(CycleAlignConfig)
+    (args,) = parser.parse_args_into_dataclasses(
+        [
+            "--output_dir", str(tmp_path),
+            "--num_responses", "3",
+            "--ranker_failure_policy", "whitebox",
+            "--generation_kwargs", '{"top_k": 7}',
+            "--use_dynamic_demonstrations", "false",
+        ]
+    )  # fmt: skip
+    assert args.num_responses == 3 and args.ranker_failure_policy == "whitebox"
+    assert args.generation_kwargs == {"top_k": 7}
+    assert args.use_dynamic_demonstrations is False
+
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"output_dir: {tmp_path}\nmax_rounds: 2\nranking_loss_kwargs:\n  sft_weight: 0.1\n"
+    )
+    (args,) = parser.parse_yaml_file(str(config))
+    assert args.max_rounds == 2 and args.ranking_loss_kwargs == {"sft_weight": 0.1}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"gradient_accumulation_steps": 2}, "Raise per_device_train_batch_size"),
+        ({"num_responses": 1}, "num_responses must be an integer >= 2"),
+        ({"max_rounds": 0}, "max_rounds must be an integer >= 1"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"max_prompt_length": 0}, "or None for no limit"),
+        ({"scoring_batch_size": -1}, "scoring_batch_size"),
+        ({"temperature": 0.0}, "temperature must be > 0"),
+        ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
+        ({"ranker_failure_policy": "retry"}, r"\['skip', 'whitebox'\]"),
+        ({"reward_from_ranking": "elo"}, r"\['linear', 'scores'\]"),
+        ({"demonstration_selection": "random"}, r"\['recent', 'similar'\]"),
+        ({"ranking_loss": "no-such-loss"}, "cannot be built"),
+        ({"ranking_loss_kwargs": {"bogus": 1}}, "cannot be built"),
+        ({"generation_kwargs": "top_k=5"}, "JSON object string"),
+        ({"generation_kwargs": "[1, 2]"}, "JSON object string"),
+    ],
+)
+def test_validation_errors_say_how_to_fix(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make(tmp_path, **kwargs)
+
+
+def test_gradient_accumulation_message_explains_why(tmp_path):
+    with pytest.raises(ValueError) as info:
+        make(tmp_path, gradient_accumulation_steps=4)
+    assert "different models" in str(info.value) and "got 4" in str(info.value)

@@ -1,0 +1,45 @@
+"""The pool and ranker state in a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from cyclealign.cycle_state import (
+    CYCLE_STATE_NAME,
+    load_cycle_state,
+    restore_cycle_state,
+    save_cycle_state,
+)
+
+
+class Holder:
+    def __init__(self):
+        self.state = None
+
+    def load_state_dict(self, state):
+        self.state = state
+
+
+def test_roundtrip_per_process(tmp_path):
+    pool = {"items": [{"prompt": "p", "responses": ["a", "b"], "ranking": [1, 0]}]}
+    rankers = [{"usage": {"requests": 3}}, {"usage": {"requests": 5}}]
+    path = save_cycle_state(str(tmp_path / "checkpoint-2"), pool, rankers)
+    assert json.loads(Path(path).read_text())["version"] == 1
+    assert load_cycle_state(str(tmp_path / "checkpoint-2"), 1) == (pool, rankers[1])
+    # More processes than saved: the extra ones start from the first process's state.
+    assert load_cycle_state(str(tmp_path / "checkpoint-2"), 3) == (pool, rankers[0])
+    holder_pool, holder_ranker = Holder(), Holder()
+    assert restore_cycle_state(
+        str(tmp_path / "checkpoint-2"), 0, pool=holder_pool, ranker=holder_ranker
+    )
+    assert holder_pool.state == pool and holder_ranker.state == rankers[0]
+    assert not (tmp_path / "checkpoint-2" / (CYCLE_STATE_NAME + ".tmp")).exists()
+
+
+def test_missing_state_warns_and_changes_nothing(tmp_path, caplog):
+    holder = Holder()
+    with caplog.at_level(logging.WARNING):
+        assert not restore_cycle_state(str(tmp_path), 0, pool=holder, ranker=holder)
+    assert holder.state is None and "empty demonstration pool" in caplog.text

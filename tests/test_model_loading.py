@@ -1,0 +1,42 @@
+"""Loading the white-box model from a path and wrapping it with PEFT."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import peft
+import pytest
+import torch
+
+from conftest import build_tiny_model
+from cyclealign.model_loading import load_model_and_tokenizer, wrap_with_peft
+
+
+def test_path_with_string_dtype_loads_model_and_tokenizer(tiny_model_dir):
+    args = SimpleNamespace(model_init_kwargs={"dtype": "bfloat16"})
+    model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir), args, None)
+    assert model.dtype == torch.bfloat16
+    assert tokenizer.eos_token == "<|im_end|>"
+
+
+def test_bad_dtype_and_missing_tokenizer_are_explained(tiny_model_dir, tiny_tokenizer):
+    with pytest.raises(ValueError, match="torch dtype name such as 'bfloat16'"):
+        load_model_and_tokenizer(
+            str(tiny_model_dir), SimpleNamespace(model_init_kwargs={"dtype": "float99"}), None
+        )
+    with pytest.raises(ValueError, match="pass processing_class"):
+        load_model_and_tokenizer(
+            build_tiny_model(tiny_tokenizer), SimpleNamespace(model_init_kwargs=None), None
+        )
+
+
+def test_peft_wrapping_checks(tiny_tokenizer):
+    args = SimpleNamespace(gradient_checkpointing=False)
+    with pytest.raises(TypeError, match=r"peft\.PeftConfig"):
+        wrap_with_peft(build_tiny_model(tiny_tokenizer), {"r": 4}, args)
+    config = peft.LoraConfig(r=2, target_modules=["q_proj"])
+    wrapped = wrap_with_peft(build_tiny_model(tiny_tokenizer), config, args)
+    trainable = {n for n, p in wrapped.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    with pytest.raises(ValueError, match="merge_and_unload"):
+        wrap_with_peft(wrapped, config, args)

@@ -1,0 +1,577 @@
+"""CycleAlignTrainer end to end on a tiny Llama with scripted black-box rankers."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pytest
+import torch
+from datasets import Dataset, load_dataset
+from transformers import TrainerCallback
+
+from conftest import build_tiny_model, build_tiny_tokenizer
+from cyclealign.collator import PromptCollator
+from cyclealign.config import CycleAlignConfig
+from cyclealign.generation import completion_token_logps
+from cyclealign.rankers.base import BlackBoxRanker, RankResult
+from cyclealign.trainer import CycleAlignTrainer
+
+
+@pytest.fixture(autouse=True)
+def _pool_standin(monkeypatch):
+    # TEMPORARY until cyclealign.demonstrations.DemonstrationPool lands.
+    from collections import deque
+
+    from cyclealign import demonstrations
+
+    if hasattr(demonstrations, "DemonstrationPool"):
+        return
+
+    class Pool:
+        def __init__(self, max_size=256, max_chars=None):
+            self.items = deque(maxlen=max_size)
+
+        def add(self, demo):
+            self.items.append(demo)
+
+        def __len__(self):
+            return len(self.items)
+
+        def select(self, query, k, policy="recent"):
+            return list(self.items)[-k:]
+
+        def state_dict(self):
+            return {"items": [d.to_dict() for d in self.items]}
+
+        def load_state_dict(self, state):
+            self.items.clear()
+            self.items.extend(demonstrations.Demonstration.from_dict(d) for d in state["items"])
+
+    monkeypatch.setattr(demonstrations, "DemonstrationPool", Pool, raising=False)
+
+
+PROMPTS = [
+    "How do I bake bread?",
+    "Tell me a joke.",
+    "What is the capital of France?",
+    "hello world",
+    "one two three",
+    "red green blue",
+]
+
+
+def by_count(substring: str, sign: int = 1):
+    """A ranking best-first by how often ``substring`` occurs (``sign=-1``: the fewer the better)."""
+
+    def ranking(responses):
+        return sorted(range(len(responses)), key=lambda i: -sign * responses[i].count(substring))
+
+    return ranking
+
+
+class CountRanker(BlackBoxRanker):
+    """Prefers responses with more (or fewer) occurrences of a substring."""
+
+    def __init__(self, substring="e", sign=1):
+        self.order = by_count(substring, sign)
+        self.requests = []
+
+    def rank(self, requests):
+        self.requests.extend(requests)
+        self.usage.requests += len(requests)
+        return [RankResult(self.order(r.responses)) for r in requests]
+
+
+class UpdateCounter:
+    """Counts optimizer steps that really changed a parameter, per global step."""
+
+    def __init__(self, optimizer, params, trainer_ref):
+        self.params, self.trainer_ref = list(params), trainer_ref
+        self.per_step: dict[int, int] = {}
+        optimizer.register_step_pre_hook(self._before)
+        optimizer.register_step_post_hook(self._after)
+
+    def _before(self, *_):
+        self.snapshot = [p.detach().clone() for p in self.params]
+
+    def _after(self, *_):
+        if any(not torch.equal(a, p) for a, p in zip(self.snapshot, self.params)):
+            step = self.trainer_ref[0].state.global_step
+            self.per_step[step] = self.per_step.get(step, 0) + 1
+
+
+def make_args(tmp_path, **overrides):
+    kwargs = dict(
+        output_dir=str(tmp_path / "out"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        max_new_tokens=6,
+        num_responses=4,
+        max_rounds=2,
+        learning_rate=1e-3,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
+    kwargs.update(overrides)
+    return CycleAlignConfig(**kwargs)
+
+
+def make_trainer(tmp_path, ranker, *, tokenizer=None, model=None, prompts=PROMPTS, **overrides):
+    tokenizer = tokenizer or build_tiny_tokenizer()
+    model = model if model is not None else build_tiny_model(tokenizer)
+    return CycleAlignTrainer(
+        model,
+        make_args(tmp_path, **overrides),
+        train_dataset=Dataset.from_dict({"prompt": prompts}),
+        processing_class=tokenizer,
+        ranker=ranker,
+    )
+
+
+def logged(trainer, name):
+    return [h[name] for h in trainer.state.log_history if name in h and "train_runtime" not in h]
+
+
+def params_of(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+# -- learning ------------------------------------------------------------------------------
+
+
+def _log_p_of_substring(model, tokenizer, substring):
+    """Mean over prompts of log P(first response token contains ``substring``)."""
+    token_set = [i for i in range(len(tokenizer)) if substring in tokenizer.decode([i])]
+    batch = PromptCollator(tokenizer, 64)([{"prompt": p} for p in PROMPTS])
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logps = logits[:, -1].log_softmax(-1)[:, token_set]
+    return torch.logsumexp(logps, dim=-1).mean().item()
+
+
+def test_learns_what_the_ranker_prefers(tmp_path):
+    tokenizer = build_tiny_tokenizer()
+    results = {}
+    for sign in (1, -1):
+        model = build_tiny_model(tokenizer, seed=0)
+        before = _log_p_of_substring(model, tokenizer, "e")
+        trainer = make_trainer(
+            tmp_path / str(sign),
+            CountRanker("e", sign),
+            tokenizer=tokenizer,
+            model=model,
+            max_steps=10,
+            learning_rate=3e-3,
+        )
+        trainer.train()
+        results[sign] = (before, _log_p_of_substring(model, tokenizer, "e"))
+    (before, preferred), (_, control) = results[1], results[-1]
+    # Seeds 0-5 gave margins of 0.32-1.03 over the control; seed 0 is used here.
+    assert preferred > before
+    assert preferred > control + 0.2
+
+
+# -- rounds and updates --------------------------------------------------------------------
+
+
+class WhiteboxEcho(BlackBoxRanker):
+    """Returns the reverse of the trainer's white-box ranking in the first ``disagree_rounds``
+    rounds of a step, the white-box ranking itself afterwards.
+
+    It waits for the trainer's forward pass to publish the white-box ranking, which only
+    works if the trainer scores the candidates while the ranking is in flight.
+    """
+
+    def __init__(self, disagree_rounds):
+        self.disagree_rounds = disagree_rounds
+        self.published = threading.Event()
+        self.whitebox = None
+        self.round_in_step = 0
+        self.calls = 0
+
+    def attach(self, trainer):
+        original = trainer.loss_fn.ranking
+
+        def publishing_ranking(*args, **kwargs):
+            self.whitebox = original(*args, **kwargs)
+            self.published.set()
+            return self.whitebox
+
+        trainer.loss_fn.ranking = publishing_ranking
+        ranker = self
+
+        class ResetRounds(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                ranker.round_in_step = 0
+
+        trainer.add_callback(ResetRounds())
+
+    def rank(self, requests):
+        assert self.published.wait(timeout=60), "the forward pass did not run during ranking"
+        self.published.clear()
+        self.calls += 1
+        self.round_in_step += 1
+        agree = self.round_in_step > self.disagree_rounds
+        return [RankResult(list(w) if agree else list(reversed(w))) for w in self.whitebox]
+
+
+def _counted_trainer(tmp_path, ranker, **overrides):
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_model(tokenizer)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    ref = []
+    counter = UpdateCounter(optimizer, model.parameters(), ref)
+    trainer = CycleAlignTrainer(
+        model,
+        make_args(tmp_path, **overrides),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        processing_class=tokenizer,
+        ranker=ranker,
+        optimizers=(optimizer, None),
+    )
+    ref.append(trainer)
+    return trainer, counter
+
+
+def test_full_agreement_in_round_two_ends_the_step_after_two_updates(tmp_path):
+    ranker = WhiteboxEcho(disagree_rounds=1)
+    trainer, counter = _counted_trainer(tmp_path, ranker, max_rounds=5, max_steps=2)
+    ranker.attach(trainer)
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert ranker.calls == 4
+    assert logged(trainer, "cycle/rounds") == [2, 2]
+    assert logged(trainer, "agreement/full_rate") == [0.5, 0.5]  # round 1: 0, round 2: 1
+    # Keyed by global_step before the Trainer's own step increments it: 2 updates per step.
+    assert counter.per_step == {0: 2, 1: 2}
+
+
+def test_without_agreement_every_round_updates_and_global_step_moves_once(tmp_path):
+    ranker = WhiteboxEcho(disagree_rounds=99)
+    trainer, counter = _counted_trainer(tmp_path, ranker, max_rounds=3, max_steps=2)
+    ranker.attach(trainer)
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert ranker.calls == 6
+    assert logged(trainer, "cycle/rounds") == [3, 3]
+    assert logged(trainer, "cycle/updates") == [3, 3]
+    assert counter.per_step == {0: 3, 1: 3}
+
+
+def test_stop_on_full_agreement_false_runs_every_round(tmp_path):
+    ranker = WhiteboxEcho(disagree_rounds=0)
+    trainer, counter = _counted_trainer(
+        tmp_path, ranker, max_rounds=3, max_steps=1, stop_on_full_agreement=False
+    )
+    ranker.attach(trainer)
+    trainer.train()
+    assert logged(trainer, "cycle/rounds") == [3]
+    assert logged(trainer, "agreement/full_rate") == [1.0]
+    assert sum(counter.per_step.values()) == 3
+
+
+# -- failures ------------------------------------------------------------------------------
+
+
+class SwitchableRanker(CountRanker):
+    def __init__(self):
+        super().__init__("e")
+        self.fail = False
+
+    def rank(self, requests):
+        if self.fail:
+            return [RankResult(None, error="service unavailable") for _ in requests]
+        return super().rank(requests)
+
+
+def test_steps_without_any_usable_ranking_leave_weights_bitwise_identical(tmp_path):
+    ranker = SwitchableRanker()
+    trainer, counter = _counted_trainer(tmp_path, ranker, max_steps=4, max_rounds=2)
+    snapshot = {}
+
+    class FailAfterTwoSteps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                ranker.fail = True
+                snapshot.update(params_of(trainer.model))
+
+    trainer.add_callback(FailAfterTwoSteps())
+    initial = params_of(trainer.model)
+    trainer.train()
+    assert trainer.state.global_step == 4
+    # AdamW has momentum and weight decay > 0 from the first two steps ...
+    assert any(not torch.equal(initial[n], snapshot[n]) for n in initial)
+    assert len(trainer.optimizer.state) > 0
+    # ... and yet nothing moved once no ranking could be used.
+    for name, param in trainer.model.named_parameters():
+        assert torch.equal(param, snapshot[name]), name
+    assert logged(trainer, "cycle/updates")[2:] == [0, 0]
+    assert logged(trainer, "ranker/failures")[2:] == [4, 4]  # 2 prompts x 2 rounds
+    assert counter.per_step == {0: 2, 1: 2}  # the failing steps 2 and 3 changed nothing
+
+
+class FlakyRanker(BlackBoxRanker):
+    """Per request: 50% errors, 25% invalid permutations, 25% good; some calls raise or
+    return the wrong number of results."""
+
+    def __init__(self):
+        self.calls = 0
+        self.seen = 0
+        self.bad = 0
+
+    def rank(self, requests):
+        self.calls += 1
+        if self.calls % 5 == 0:
+            self.bad += len(requests)
+            raise RuntimeError("connection reset")
+        if self.calls % 7 == 0:
+            self.bad += len(requests)
+            return [RankResult([0])]
+        results = []
+        for r in requests:
+            kind = self.seen % 4
+            self.seen += 1
+            n = len(r.responses)
+            if kind in (0, 1):
+                self.bad += 1
+                results.append(RankResult(None, error="rate limited", raw_text="429"))
+            elif kind == 2:
+                self.bad += 1
+                results.append(RankResult([0] * (n + 1), raw_text="[0, 0, 0]"))
+            else:
+                results.append(RankResult(list(range(n)), raw_text=str(list(range(n)))))
+        return results
+
+
+def test_flaky_ranker_never_stops_training_and_failures_are_counted(tmp_path):
+    ranker = FlakyRanker()
+    trainer = make_trainer(tmp_path, ranker, max_steps=6, max_rounds=2, round_log=True)
+    trainer.train()
+    assert trainer.state.global_step == 6
+    assert sum(logged(trainer, "ranker/failures")) == ranker.bad > 0
+    # The round log holds failures and successes with the same column types.
+    path = os.path.join(trainer.args.output_dir, "round_log.jsonl")
+    rows = load_dataset("json", data_files=path, split="train")
+    assert sum(1 for e in rows["error"] if e) == ranker.bad
+    assert len(rows) == 2 * sum(logged(trainer, "cycle/rounds"))  # 2 prompts per round
+
+
+def test_whitebox_failure_policy_still_trains(tmp_path):
+    ranker = SwitchableRanker()
+    ranker.fail = True
+    trainer = make_trainer(tmp_path, ranker, max_steps=1, ranker_failure_policy="whitebox")
+    before = params_of(trainer.model)
+    trainer.train()
+    assert logged(trainer, "cycle/updates") == [2]
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+
+
+# -- round log, evaluation ------------------------------------------------------------------
+
+
+def test_round_log_loads_with_datasets_as_ranked_data(tmp_path):
+    trainer = make_trainer(tmp_path, CountRanker("e"), max_steps=2, max_rounds=2, round_log=True)
+    trainer.train()
+    rows = load_dataset(
+        "json", data_files=os.path.join(trainer.args.output_dir, "round_log.jsonl"), split="train"
+    )
+    rounds = logged(trainer, "cycle/rounds")
+    assert len(rows) == 2 * sum(rounds)
+    assert {"prompt", "responses", "ranking", "whitebox_ranking", "agreement", "raw_text"} <= set(
+        rows.column_names
+    )
+    assert sorted(set(rows["step"])) == [0, 1]
+    for row in rows:
+        assert row["prompt"] in PROMPTS
+        assert sorted(row["ranking"]) == list(range(len(row["responses"])))
+        assert sorted(row["whitebox_ranking"]) == list(range(len(row["responses"])))
+        assert row["ranking"] == by_count("e")(row["responses"])
+
+
+def test_evaluate_reports_agreement_and_loss_without_updating(tmp_path):
+    trainer = make_trainer(
+        tmp_path, CountRanker("e"), per_device_eval_batch_size=3, scoring_batch_size=5
+    )
+    trainer.eval_dataset = Dataset.from_dict({"prompt": PROMPTS})
+    before, pool_before = params_of(trainer.model), len(trainer.pool)
+    metrics = trainer.evaluate()
+    for name, param in trainer.model.named_parameters():
+        assert torch.equal(param, before[name])
+    assert len(trainer.pool) == pool_before
+    assert metrics["eval_ranker/requests"] == len(PROMPTS)
+    assert 1 <= metrics["eval_agreement/length"] <= 4
+    assert 0 <= metrics["eval_agreement/full_rate"] <= 1
+    assert -1 <= metrics["eval_agreement/kendall_tau"] <= 1
+    assert torch.isfinite(torch.tensor(metrics["eval_loss"])) and metrics["eval_loss"] > 0
+
+
+# -- checkpoint and resume -------------------------------------------------------------------
+
+
+class CachedRanker(BlackBoxRanker):
+    """Pays for a request only the first time its exact content (demonstrations included)
+    is seen; the cache outlives the ranker, like an on-disk cache."""
+
+    def __init__(self, cache):
+        self.cache = cache
+        self.paid = 0
+        self.order = by_count("e")
+
+    def rank(self, requests):
+        results = []
+        for r in requests:
+            key = json.dumps([r.prompt, list(r.responses), [d.to_dict() for d in r.demonstrations]])
+            if key in self.cache:
+                self.usage.cache_hits += 1
+            else:
+                self.paid += 1
+                self.usage.requests += 1
+                self.cache[key] = self.order(r.responses)
+            results.append(RankResult(list(self.cache[key])))
+        return results
+
+
+def test_resume_restores_pool_and_usage_and_pays_nothing_twice(tmp_path):
+    cache = {}
+    tokenizer = build_tiny_tokenizer()
+    common = dict(max_steps=4, save_strategy="steps", save_steps=2, max_rounds=2)
+    first = make_trainer(tmp_path, CachedRanker(cache), tokenizer=tokenizer, **common)
+    first.train()
+    checkpoint = os.path.join(first.args.output_dir, "checkpoint-2")
+    with open(os.path.join(checkpoint, "cyclealign_state.json")) as handle:
+        saved = json.load(handle)
+    assert saved["rankers"][0]["usage"]["requests"] > 0
+    assert "api_key" not in json.dumps(saved)
+
+    resumed_ranker = CachedRanker(cache)
+    resumed = make_trainer(tmp_path, resumed_ranker, tokenizer=tokenizer, **common)
+    resumed.train(resume_from_checkpoint=checkpoint)
+    saved_requests = saved["rankers"][0]["usage"]["requests"]
+    assert resumed_ranker.paid == 0
+    # Usage restored from the checkpoint; steps 3-4 were answered from the cache.
+    assert resumed_ranker.usage.requests == saved_requests
+    assert resumed_ranker.usage.cache_hits == first.ranker.usage.requests - saved_requests > 0
+    assert resumed.pool.state_dict() == first.pool.state_dict()
+    for (name, a), b in zip(first.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b), name
+
+
+# -- models, tokenizers, prompts -------------------------------------------------------------
+
+
+def test_peft_lora_trains_only_the_adapter_and_saves_it(tmp_path):
+    peft = pytest.importorskip("peft")
+    tokenizer = build_tiny_tokenizer()
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    trainer = CycleAlignTrainer(
+        build_tiny_model(tokenizer),
+        make_args(tmp_path, learning_rate=1e-2),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        processing_class=tokenizer,
+        ranker=CountRanker("e"),
+        peft_config=config,
+    )
+    before = params_of(trainer.model)
+    trainer.train()
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)
+    trainer.save_model(str(tmp_path / "adapter"))
+    files = set(os.listdir(tmp_path / "adapter"))
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= files
+    assert "model.safetensors" not in files
+
+
+def test_model_path_and_chat_message_prompts(tmp_path, tiny_model_dir):
+    ranker = CountRanker("e")
+    messages = [[{"role": "user", "content": p}] for p in PROMPTS[:2]]
+    trainer = CycleAlignTrainer(
+        str(tiny_model_dir),
+        make_args(tmp_path, max_steps=1, model_init_kwargs='{"dtype": "float32"}'),
+        train_dataset=Dataset.from_dict({"prompt": messages}),
+        ranker=ranker,
+    )
+    assert trainer.model.dtype == torch.float32
+    trainer.train()
+    assert trainer.state.global_step == 1
+    assert ranker.requests and all(r.prompt in messages for r in ranker.requests)
+
+
+def test_tokenizer_without_chat_template_uses_human_assistant_format(tmp_path):
+    tokenizer = build_tiny_tokenizer(chat_template=False, pad_is_eos=False)
+    ranker = CountRanker("e")
+    trainer = make_trainer(tmp_path, ranker, tokenizer=tokenizer, max_steps=1)
+    batch = trainer.data_collator([{"prompt": "Tell me a joke."}])
+    assert tokenizer.decode(batch["input_ids"][0]) == "\n\nHuman: Tell me a joke.\n\nAssistant:"
+    trainer.train()
+    assert trainer.state.global_step == 1 and ranker.requests
+
+
+class BetterResponseRanker(CountRanker):
+    def __init__(self, better):
+        super().__init__("e")
+        self.better = better
+
+    def rank(self, requests):
+        return [RankResult(r.ranking, better_response=self.better) for r in super().rank(requests)]
+
+
+def test_better_response_joins_as_top_candidate_and_is_learned(tmp_path):
+    better = "Paris is the capital of France."
+    tokenizer = build_tiny_tokenizer()
+    trainer = make_trainer(tmp_path, BetterResponseRanker(better), tokenizer=tokenizer, max_steps=3)
+
+    def better_logp():
+        batch = trainer.data_collator([{"prompt": p} for p in PROMPTS[:2]])
+        ids = tokenizer(better, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        completion = torch.tensor([ids, ids])
+        with torch.no_grad():
+            logps, mask = completion_token_logps(
+                trainer.model,
+                batch["input_ids"],
+                batch["attention_mask"],
+                completion,
+                torch.ones_like(completion, dtype=torch.bool),
+            )
+        return (logps * mask).sum().item()
+
+    before = better_logp()
+    trainer.train()
+    assert logged(trainer, "ranker/better_responses") == [4, 4, 4]  # 2 prompts x 2 rounds
+    assert better_logp() > before + 5
+
+
+def test_use_better_response_false_ignores_it(tmp_path):
+    trainer = make_trainer(
+        tmp_path, BetterResponseRanker("yes"), max_steps=1, use_better_response=False
+    )
+    trainer.train()
+    assert logged(trainer, "ranker/better_responses") == [0]
+
+
+def test_dynamic_demonstrations_reach_the_ranker_and_can_be_switched_off(tmp_path):
+    on = CountRanker("e")
+    make_trainer(tmp_path / "on", on, max_steps=2).train()
+    assert any(r.demonstrations for r in on.requests)
+    off = CountRanker("e")
+    trainer = make_trainer(tmp_path / "off", off, max_steps=2, use_dynamic_demonstrations=False)
+    trainer.train()
+    assert not any(r.demonstrations for r in off.requests)
+    assert len(trainer.pool) == 0
+    assert logged(trainer, "ablation/dynamic_demonstrations") == [0, 0]
+
+
+def test_trainer_refuses_gradient_accumulation_and_a_missing_ranker(tmp_path):
+    args = make_args(tmp_path)
+    args.gradient_accumulation_steps = 2
+    tokenizer = build_tiny_tokenizer()
+    with pytest.raises(ValueError, match="per_device_train_batch_size"):
+        CycleAlignTrainer(
+            build_tiny_model(tokenizer), args, processing_class=tokenizer, ranker=CountRanker()
+        )
+    with pytest.raises(TypeError, match="BlackBoxRanker"):
+        CycleAlignTrainer(
+            build_tiny_model(tokenizer), make_args(tmp_path), processing_class=tokenizer
+        )
