@@ -15,6 +15,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 _MARKER = "cyclealign_gguf_source.json"
+_FORMAT = 2  # bump when the conversion changes, so old conversions are redone
 
 
 def materialize_gguf(gguf_dir: str | Path, gguf_file: str, out_dir: str | Path) -> Path:
@@ -38,7 +39,12 @@ def materialize_gguf(gguf_dir: str | Path, gguf_file: str, out_dir: str | Path) 
         )
     out = Path(out_dir)
     stat = source.stat()
-    fingerprint = {"source": str(source.resolve()), "size": stat.st_size, "mtime": stat.st_mtime}
+    fingerprint = {
+        "source": str(source.resolve()),
+        "size": stat.st_size,
+        "mtime": stat.st_mtime,
+        "format": _FORMAT,
+    }
     marker = out / _MARKER
     if marker.is_file() and json.loads(marker.read_text()) == fingerprint:
         return out
@@ -49,7 +55,12 @@ def materialize_gguf(gguf_dir: str | Path, gguf_file: str, out_dir: str | Path) 
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=gguf_file)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_file)
     # A fresh model from the same config is not tagged as GGUF-loaded, so it can be saved.
-    model = type(loaded)(loaded.config)
+    config = loaded.config
+    # The weights are de-quantised fp32 now; a leftover GGUF quantization_config would make
+    # transformers treat the saved model as quantised (and refuse to fine-tune it).
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = type(loaded)(config)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
     out.mkdir(parents=True, exist_ok=True)
