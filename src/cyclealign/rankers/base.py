@@ -156,7 +156,9 @@ class BlackBoxRanker:
         # A sync-only ranker runs in a worker thread so the caller's loop stays free.
         return await asyncio.to_thread(type(self).rank, self, list(requests))
 
-    def submit(self, requests: Sequence[RankRequest]) -> concurrent.futures.Future[list[RankResult]]:
+    def submit(
+        self, requests: Sequence[RankRequest]
+    ) -> concurrent.futures.Future[list[RankResult]]:
         """Start ranking in the background and return a future of the results.
 
         The trainer calls this, runs its forward pass, then waits on the future.
