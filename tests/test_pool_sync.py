@@ -5,31 +5,17 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from cyclealign.cycle_targets import judge_prompt
-from cyclealign.demonstrations import Demonstration
+from cyclealign.demonstrations import Demonstration, DemonstrationPool
 from cyclealign.pool_sync import select_demonstrations, share_agreements
 from cyclealign.rankers.base import RankResult
 
 
-class ListPool:
-    """The part of the pool interface these functions use."""
-
-    def __init__(self):
-        self.items = []
-
-    def add(self, demo):
-        self.items.append(demo)
-
-    def __len__(self):
-        return len(self.items)
-
-    def select(self, query, k, policy="recent"):
-        self.asked = (query, k, policy)
-        return self.items[-k:]
-
-
 def args(**kw):
     base = dict(
-        use_dynamic_demonstrations=True, max_demonstrations=2, demonstration_selection="similar"
+        use_dynamic_demonstrations=True,
+        max_demonstrations=2,
+        demonstration_selection="recent",
+        demonstration_max_chars=None,
     )
     return SimpleNamespace(**{**base, **kw})
 
@@ -41,19 +27,21 @@ def test_agreements_of_two_or_more_become_demonstrations():
         judge_prompt(RankResult([0, 1]), [1, 0], **kw),  # agreement of length 1
         judge_prompt(RankResult(None, error="x"), [0, 1], **kw),
     ]
-    pool = ListPool()
+    pool = DemonstrationPool()
     added = share_agreements(
         pool, ["p", "q", "r"], [["a", "b", "c"], ["d", "e"], ["f", "g"]], outcomes
     )
     assert added == 1
-    assert pool.items == [Demonstration(prompt="p", responses=("a", "c"), ranking=(1, 0))]
+    assert list(pool) == [Demonstration(prompt="p", responses=("a", "c"), ranking=(1, 0))]
 
 
-def test_selection_follows_the_switches():
-    pool = ListPool()
+def test_selection_follows_the_switches_and_budget():
+    pool = DemonstrationPool()
     assert select_demonstrations(pool, "q", args()) == []  # empty pool
-    pool.items = ["d1", "d2", "d3"]
-    assert select_demonstrations(pool, "q", args()) == ["d2", "d3"]
-    assert pool.asked == ("q", 2, "similar")
+    demos = [Demonstration(f"d{i}", ["aaaa", "bbbb"], [0, 1]) for i in range(3)]
+    pool.extend(demos)
+    assert select_demonstrations(pool, "q", args()) == demos[1:]
+    # 10 characters each: a budget of 15 keeps only the most relevant (newest).
+    assert select_demonstrations(pool, "q", args(demonstration_max_chars=15)) == demos[2:]
     assert select_demonstrations(pool, "q", args(use_dynamic_demonstrations=False)) == []
     assert select_demonstrations(pool, "q", args(max_demonstrations=0)) == []

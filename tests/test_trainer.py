@@ -18,40 +18,6 @@ from cyclealign.generation import completion_token_logps
 from cyclealign.rankers.base import BlackBoxRanker, RankResult
 from cyclealign.trainer import CycleAlignTrainer
 
-
-@pytest.fixture(autouse=True)
-def _pool_standin(monkeypatch):
-    # TEMPORARY until cyclealign.demonstrations.DemonstrationPool lands.
-    from collections import deque
-
-    from cyclealign import demonstrations
-
-    if hasattr(demonstrations, "DemonstrationPool"):
-        return
-
-    class Pool:
-        def __init__(self, max_size=256, max_chars=None):
-            self.items = deque(maxlen=max_size)
-
-        def add(self, demo):
-            self.items.append(demo)
-
-        def __len__(self):
-            return len(self.items)
-
-        def select(self, query, k, policy="recent"):
-            return list(self.items)[-k:]
-
-        def state_dict(self):
-            return {"items": [d.to_dict() for d in self.items]}
-
-        def load_state_dict(self, state):
-            self.items.clear()
-            self.items.extend(demonstrations.Demonstration.from_dict(d) for d in state["items"])
-
-    monkeypatch.setattr(demonstrations, "DemonstrationPool", Pool, raising=False)
-
-
 PROMPTS = [
     "How do I bake bread?",
     "Tell me a joke.",

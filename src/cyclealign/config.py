@@ -92,7 +92,9 @@ class CycleAlignConfig(TrainingArguments):
         demonstration_pool_size (`int`, *optional*, defaults to `256`):
             Agreements kept in the pool; the oldest are dropped first.
         demonstration_max_chars (`int` or `None`, *optional*):
-            Character budget of one demonstration in the pool; `None` leaves it to the pool.
+            Character budget (prompts plus responses) of the demonstrations sent with one ranking
+            request; the least relevant are left out first. `None`: no budget beyond
+            `max_demonstrations`.
 
         > Parameters that control the loss
 
@@ -231,7 +233,8 @@ class CycleAlignConfig(TrainingArguments):
         default=256, metadata={"help": "Agreements kept in the demonstration pool."}
     )
     demonstration_max_chars: int | None = field(
-        default=None, metadata={"help": "Character budget of one demonstration. None: the pool's."}
+        default=None,
+        metadata={"help": "Character budget of the demonstrations sent with one request."},
     )
 
     # -- loss -----------------------------------------------------------------------------------

@@ -8,7 +8,10 @@ white-box rankings (see :func:`cyclealign.agreement_ranking`); they live in a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import re
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,3 +75,136 @@ class Demonstration:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Demonstration:
         return cls(prompt=data["prompt"], responses=data["responses"], ranking=data["ranking"])
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """The text of a prompt: a string as is, chat messages joined by role."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m.get('role', '')}: {m.get('content', '')}" for m in prompt)
+
+
+def _chars(demo: Demonstration) -> int:
+    return len(prompt_text(demo.prompt)) + sum(len(r) for r in demo.responses)
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"\w+", text.lower()))
+
+
+class DemonstrationPool:
+    """The dynamic demonstrations: agreements collected during training.
+
+    Bounded by ``max_size`` demonstrations and ``max_chars`` characters in all (prompts plus
+    responses); the oldest go first. Identical demonstrations are kept once (re-adding one
+    makes it the most recent).
+
+    ``select(query, k)`` picks what goes into one ranking prompt:
+
+    - ``"recent"``: the ``k`` most recently added, oldest first, so the newest (made by the
+      most trained model, hence closest to what the black box is ranking now) sits right
+      before the query;
+    - ``"similar"``: the ``k`` with the highest word-set Jaccard similarity to the query,
+      least similar first (again: the most relevant ends next to the query); ties go to the
+      more recent.
+
+    Args:
+        max_size: most demonstrations kept.
+        max_chars: most characters kept in all (``None``: no limit).
+    """
+
+    POLICIES = ("recent", "similar")
+
+    def __init__(self, max_size: int = 64, max_chars: int | None = None) -> None:
+        if max_size < 1:
+            raise ValueError(f"DemonstrationPool: max_size must be >= 1, got {max_size}.")
+        if max_chars is not None and max_chars < 1:
+            raise ValueError(f"DemonstrationPool: max_chars must be >= 1 or None, got {max_chars}.")
+        self.max_size = int(max_size)
+        self.max_chars = max_chars
+        self._items: OrderedDict[str, tuple[int, Demonstration]] = OrderedDict()
+        self._counter = 0  # insertion order survives state_dict round trips
+
+    @staticmethod
+    def _key(demo: Demonstration) -> str:
+        return json.dumps(demo.to_dict(), sort_keys=True, ensure_ascii=False)
+
+    def add(self, demo: Demonstration) -> None:
+        if not isinstance(demo, Demonstration):
+            raise TypeError(
+                f"DemonstrationPool.add takes a Demonstration, got {type(demo).__name__}."
+            )
+        key = self._key(demo)
+        self._items.pop(key, None)
+        self._counter += 1
+        self._items[key] = (self._counter, demo)
+        self._evict()
+
+    def extend(self, demos: Iterable[Demonstration]) -> None:
+        for demo in demos:
+            self.add(demo)
+
+    def _evict(self) -> None:
+        while len(self._items) > self.max_size:
+            self._items.popitem(last=False)
+        if self.max_chars is not None:
+            total = sum(_chars(d) for _, d in self._items.values())
+            while total > self.max_chars and self._items:
+                _, (_, oldest) = self._items.popitem(last=False)
+                total -= _chars(oldest)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Demonstration]:
+        return (demo for _, demo in self._items.values())
+
+    def select(
+        self,
+        query: Prompt,
+        k: int,
+        policy: str | None = None,
+        max_chars: int | None = None,
+    ) -> list[Demonstration]:
+        """Up to ``k`` demonstrations for ``query``, in the order to show them (see class doc).
+
+        ``max_chars`` drops the least relevant picks until the selection fits that budget.
+        """
+        policy = policy or "recent"
+        if policy not in self.POLICIES:
+            raise ValueError(f"Unknown selection policy {policy!r}; use one of {self.POLICIES}.")
+        if k <= 0 or not self._items:
+            return []
+        entries = list(self._items.values())  # (counter, demo), oldest first
+        if policy == "recent":
+            ranked = sorted(entries, key=lambda e: -e[0])
+        else:
+            words = _words(prompt_text(query))
+
+            def similarity(entry: tuple[int, Demonstration]) -> float:
+                other = _words(prompt_text(entry[1].prompt))
+                union = words | other
+                return len(words & other) / len(union) if union else 0.0
+
+            ranked = sorted(entries, key=lambda e: (-similarity(e), -e[0]))
+        picked = [demo for _, demo in ranked[:k]]  # most relevant first
+        if max_chars is not None:
+            while picked and sum(_chars(d) for d in picked) > max_chars:
+                picked.pop()
+        return picked[::-1]  # the most relevant ends right before the query
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state; ``load_state_dict`` restores the pool exactly."""
+        return {
+            "max_size": self.max_size,
+            "max_chars": self.max_chars,
+            "counter": self._counter,
+            "items": [[c, d.to_dict()] for c, d in self._items.values()],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._items.clear()
+        for counter, data in state["items"]:
+            demo = Demonstration.from_dict(data)
+            self._items[self._key(demo)] = (int(counter), demo)
+        self._counter = int(state["counter"])

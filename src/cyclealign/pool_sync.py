@@ -17,7 +17,14 @@ def select_demonstrations(pool: Any, prompt: Any, args: Any) -> list[Demonstrati
     """The dynamic demonstrations to send with ``prompt`` (none when switched off)."""
     if not args.use_dynamic_demonstrations or args.max_demonstrations == 0 or not len(pool):
         return []
-    return list(pool.select(prompt, args.max_demonstrations, policy=args.demonstration_selection))
+    return list(
+        pool.select(
+            prompt,
+            args.max_demonstrations,
+            policy=args.demonstration_selection,
+            max_chars=args.demonstration_max_chars,
+        )
+    )
 
 
 def share_agreements(

@@ -112,10 +112,7 @@ class CycleAlignTrainer(Trainer):
 
         self.ranker = ranker
         self.loss_fn = get_ranking_loss(args.ranking_loss, **(args.ranking_loss_kwargs or {}))
-        pool_kwargs = {"max_size": args.demonstration_pool_size}
-        if args.demonstration_max_chars is not None:
-            pool_kwargs["max_chars"] = args.demonstration_max_chars
-        self.pool = demonstrations.DemonstrationPool(**pool_kwargs)
+        self.pool = demonstrations.DemonstrationPool(max_size=args.demonstration_pool_size)
         self._metrics = CycleMetrics()
         self._eval_stats = RoundStats()
         self._latest_samples: list[dict[str, Any]] = []

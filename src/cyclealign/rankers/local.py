@@ -1,0 +1,300 @@
+"""Rankers that run in-process: a reward function, a reward model, a local chat model.
+
+They have the black-box interface, so the trainer, the cache-free tests and the offline
+CPU demo use them like any API. None of them can fail to parse: a reward gives a score
+per response, and :class:`LocalChatRanker` *chooses* among well-formed answers instead of
+generating free text (a small model rarely writes a valid permutation on its own).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import itertools
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from .base import BlackBoxRanker, RankRequest, RankResult, Usage
+from .prompt import RankingTemplate, render_prompt_text
+
+__all__ = ["FunctionRanker", "LocalChatRanker", "RewardModelRanker", "ranking_from_scores"]
+
+logger = logging.getLogger(__name__)
+
+
+def ranking_from_scores(scores: Sequence[float]) -> list[int]:
+    """Indices best-first; ties keep their order (a stable sort)."""
+    return sorted(range(len(scores)), key=lambda i: -scores[i])
+
+
+def _scored_results(
+    requests: Sequence[RankRequest], flat_scores: Sequence[float], usage: Usage
+) -> list[RankResult]:
+    results, start = [], 0
+    for request in requests:
+        scores = [float(s) for s in flat_scores[start : start + len(request.responses)]]
+        start += len(request.responses)
+        if not all(math.isfinite(s) for s in scores):
+            usage.failures["nonfinite"] += 1
+            results.append(RankResult(None, error=f"non-finite scores {scores}", usage=Usage()))
+        else:
+            results.append(RankResult(ranking_from_scores(scores), scores=scores, usage=Usage()))
+    return results
+
+
+class FunctionRanker(BlackBoxRanker):
+    """Rank by a TRL-style reward function ``(prompts, completions, **kwargs) -> list[float]``.
+
+    The function (sync or ``async def``) gets one flat list of (prompt, completion) pairs
+    per call, ``batch_size`` pairs at most. A call that raises or returns the wrong number
+    of scores fails the requests it covered, never the others.
+    """
+
+    def __init__(self, reward_fn: Callable[..., Any], batch_size: int | None = None) -> None:
+        self.reward_fn = reward_fn
+        self.batch_size = batch_size
+
+    async def arank(self, requests: Sequence[RankRequest]) -> list[RankResult]:
+        results: list[RankResult] = []
+        chunk_size = self.batch_size or max(1, sum(len(r.responses) for r in requests))
+        for chunk in _chunks_of_requests(requests, chunk_size):
+            prompts = [r.prompt for r in chunk for _ in r.responses]
+            completions = [c for r in chunk for c in r.responses]
+            self.usage.requests += 1
+            try:
+                scores = self.reward_fn(prompts=prompts, completions=completions)
+                if inspect.isawaitable(scores):
+                    scores = await scores
+                scores = list(scores)
+                if len(scores) != len(completions):
+                    raise ValueError(
+                        f"returned {len(scores)} scores for {len(completions)} completions"
+                    )
+            except Exception as err:
+                self.usage.failures["reward_fn"] += len(chunk)
+                results += [RankResult(None, error=f"reward function failed: {err}") for _ in chunk]
+                continue
+            results += _scored_results(chunk, scores, self.usage)
+        return results
+
+
+def _chunks_of_requests(requests: Sequence[RankRequest], size: int) -> list[list[RankRequest]]:
+    chunks: list[list[RankRequest]] = [[]]
+    count = 0
+    for request in requests:
+        if chunks[-1] and count + len(request.responses) > size:
+            chunks.append([])
+            count = 0
+        chunks[-1].append(request)
+        count += len(request.responses)
+    return [c for c in chunks if c]
+
+
+def _load(model: Any, tokenizer: Any, auto_class: str) -> tuple[Any, Any]:
+    import transformers
+
+    if isinstance(model, (str, os.PathLike)):
+        path = str(model)
+        model = getattr(transformers, auto_class).from_pretrained(path)
+        tokenizer = tokenizer or transformers.AutoTokenizer.from_pretrained(path)
+    if tokenizer is None:
+        raise ValueError("Pass the tokenizer when the model is an already loaded model.")
+    model.eval()
+    return model, tokenizer
+
+
+class RewardModelRanker(BlackBoxRanker):
+    """Rank by a local ``AutoModelForSequenceClassification`` reward model.
+
+    Each (prompt, response) is a chat ending with the response (the tokenizer's chat
+    template) or ``"\\n\\nHuman: ...\\n\\nAssistant: ..."`` text without one. The score is
+    logit 0 (reward models have one label; with several, label 0 is taken as "good").
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any = None,
+        batch_size: int = 8,
+        max_length: int = 1024,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.model, self.tokenizer = _load(model, tokenizer, "AutoModelForSequenceClassification")
+        if device is not None:
+            self.model.to(device)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if getattr(self.model.config, "pad_token_id", None) is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.batch_size = batch_size
+        self.max_length = max_length
+
+    def text(self, prompt: Any, response: str) -> str:
+        messages = (
+            [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        )
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(
+                [*messages, {"role": "assistant", "content": response}], tokenize=False
+            )
+        return f"\n\n{render_prompt_text(prompt)}\n\nAssistant: {response}".replace(
+            "\nuser:", "\nHuman:"
+        )
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
+        """Reward of each (prompt, response) pair, in batches."""
+        texts = [self.text(p, r) for p, r in zip(prompts, responses, strict=True)]
+        device = next(self.model.parameters()).device
+        scores: list[float] = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(
+                texts[start : start + self.batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+            ).to(device)
+            scores += self.model(**batch).logits[:, 0].float().tolist()
+        return scores
+
+    def rank(self, requests: Sequence[RankRequest]) -> list[RankResult]:
+        self.usage.requests += len(requests)
+        prompts = [r.prompt for r in requests for _ in r.responses]
+        responses = [c for r in requests for c in r.responses]
+        return _scored_results(requests, self.score(prompts, responses), self.usage)
+
+
+class LocalChatRanker(BlackBoxRanker):
+    """The black-box prompt, demonstrations and answer format, on an in-process chat model.
+
+    The model does not write its answer: every well-formed answer is scored by its
+    log-probability after the ranking prompt, and the most likely one wins. For
+    ``n <= max_permutations_n`` responses that is every permutation (exact); beyond, the
+    ranking is built one position at a time, each time choosing the most likely next index
+    among those left. Either way the result is a valid permutation.
+
+    Args:
+        model: a causal LM or a local path.
+        tokenizer: its tokenizer (loaded from ``model`` when a path).
+        template: the :class:`RankingTemplate` (the OpenAI ranker's default).
+        seed: fixes the display order of the responses.
+        max_permutations_n: largest ``n`` scored exhaustively (``n!`` answers).
+        batch_size: answers scored per forward pass.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any = None,
+        template: RankingTemplate | None = None,
+        seed: int = 0,
+        max_permutations_n: int = 5,
+        device: str | torch.device | None = None,
+        batch_size: int = 32,
+    ) -> None:
+        self.model, self.tokenizer = _load(model, tokenizer, "AutoModelForCausalLM")
+        if device is not None:
+            self.model.to(device)
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+        self.template = template or RankingTemplate()
+        self.seed = seed
+        self.max_permutations_n = max_permutations_n
+        self.batch_size = batch_size
+
+    def _prompt_ids(self, messages: list[dict[str, str]]) -> torch.Tensor:
+        if self.tokenizer.chat_template:
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        else:
+            text = "".join(f"\n\n{m['role']}: {m['content']}" for m in messages) + "\n\nassistant:"
+        ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+        return ids.to(next(self.model.parameters()).device)
+
+    @torch.no_grad()
+    def score_continuations(self, prefix_ids: torch.Tensor, texts: Sequence[str]) -> list[float]:
+        """Summed log-prob of each text right after ``prefix_ids`` (``[1, P]``).
+
+        The prefix runs once; its key/value cache is copied for each batch of texts.
+        """
+        out = self.model(input_ids=prefix_ids, use_cache=True)
+        prefix_cache, last_logits = out.past_key_values, out.logits[:, -1].float()
+        encoded = [
+            self.tokenizer(t, add_special_tokens=False).input_ids or [self.tokenizer.eos_token_id]
+            for t in texts
+        ]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        scores: list[float] = []
+        for start in range(0, len(encoded), self.batch_size):
+            chunk = encoded[start : start + self.batch_size]
+            width = max(len(c) for c in chunk)
+            ids = torch.tensor(
+                [c + [pad] * (width - len(c)) for c in chunk], device=prefix_ids.device
+            )
+            mask = torch.tensor(
+                [[1] * len(c) + [0] * (width - len(c)) for c in chunk], device=prefix_ids.device
+            )
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(chunk))
+            full_mask = torch.cat([mask.new_ones(len(chunk), prefix_ids.shape[1]), mask], dim=1)
+            logits = self.model(
+                input_ids=ids, attention_mask=full_mask, past_key_values=cache
+            ).logits
+            # The first answer token is predicted by the prefix's last position.
+            logits = torch.cat(
+                [last_logits.expand(len(chunk), -1)[:, None], logits[:, :-1].float()], 1
+            )
+            logps = logits.log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+            scores += (logps * mask).sum(-1).tolist()
+        return scores
+
+    def _rank_one(self, request: RankRequest) -> RankResult:
+        n = len(request.responses)
+        messages, order = self.template.build_messages(request, seed=self.seed)
+        prompt_ids = self._prompt_ids(messages)
+        if n <= self.max_permutations_n:
+            perms = [list(p) for p in itertools.permutations(range(n))]
+            scores = self.score_continuations(
+                prompt_ids, [self.template.answer_text(p) for p in perms]
+            )
+            displayed = perms[max(range(len(perms)), key=scores.__getitem__)]
+        else:
+            displayed = self._greedy(prompt_ids, n)
+        return RankResult(
+            ranking=self.template.map_back(displayed, order),
+            raw_text=self.template.answer_text(displayed),
+            usage=Usage(requests=1),
+        )
+
+    def _greedy(self, prompt_ids: torch.Tensor, n: int) -> list[int]:
+        chosen: list[int] = []
+        remaining = list(range(n))
+        while remaining:
+            # The answer so far ends with "[" or ", "; score each index with what follows it.
+            prefix_text = self.template.answer_text(chosen)[:-1] + (", " if chosen else "")
+            prefix = self.tokenizer(prefix_text, add_special_tokens=False, return_tensors="pt")
+            ids = torch.cat([prompt_ids, prefix.input_ids.to(prompt_ids.device)], dim=1)
+            tail = "]" if len(remaining) == 1 else ","
+            scores = self.score_continuations(ids, [f"{i}{tail}" for i in remaining])
+            best = remaining[max(range(len(remaining)), key=scores.__getitem__)]
+            chosen.append(best)
+            remaining.remove(best)
+        return chosen
+
+    def rank(self, requests: Sequence[RankRequest]) -> list[RankResult]:
+        results = []
+        for request in requests:
+            self.usage.requests += 1
+            if len(request.responses) == 0:
+                self.usage.failures["empty"] += 1
+                results.append(RankResult(None, error="no responses to rank"))
+                continue
+            results.append(self._rank_one(request))
+        return results

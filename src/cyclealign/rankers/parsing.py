@@ -1,0 +1,140 @@
+"""Reading a ranking out of a black-box answer, or saying exactly why not.
+
+A parse either returns a full permutation of ``0..n-1`` or raises
+:class:`RankingParseError` with a ``kind``; it never guesses. Accepted forms, tried in
+this order:
+
+1. the answer line ``### The desired ranking is: [i, j, ...]`` (the *last* one wins, so
+   a model that restates the format before answering is read correctly);
+2. a JSON object ``{"ranking": [...]}`` (structured output);
+3. a lone bracketed list of integers when it is the only one in the text.
+
+A list that is exactly ``1..n`` is rejected as ``out_of_range`` rather than shifted: it
+is as likely a 1-based answer as a wrong one, and shifting would invent a ranking.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+
+__all__ = [
+    "FAILURE_KINDS",
+    "RankingParseError",
+    "parse_better_response",
+    "parse_ranking",
+    "parse_structured",
+    "validate_ranking",
+]
+
+FAILURE_KINDS = ("missing", "not_permutation", "out_of_range", "duplicate", "truncated", "refusal")
+
+_MARKER = re.compile(r"#+\s*the\s+desired\s+ranking\s+is\s*:?\s*", re.IGNORECASE)
+_LIST = re.compile(r"\[([^\[\]]*)\]")
+_BETTER = re.compile(r"#+\s*a\s+better\s+response\s+is\s*:?\s*", re.IGNORECASE)
+_REFUSAL = re.compile(
+    r"\b(i\s*(?:can(?:no|')t|cannot|won't|will not|am unable|'m unable)|i'm sorry|"
+    r"as an ai\b|i must decline)",
+    re.IGNORECASE,
+)
+
+
+class RankingParseError(ValueError):
+    """The answer holds no usable ranking; ``kind`` is one of :data:`FAILURE_KINDS`."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def validate_ranking(values: Sequence[object], n: int) -> list[int]:
+    """``values`` as a list of ints if it is a permutation of ``0..n-1``; else raise."""
+    try:
+        ranking = [int(v) for v in values]  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise RankingParseError(
+            "not_permutation", f"ranking {values!r} is not a list of integers"
+        ) from None
+    if any(isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()) for v in values):
+        raise RankingParseError("not_permutation", f"ranking {values!r} is not a list of integers")
+    if sorted(ranking) == list(range(1, n + 1)):
+        raise RankingParseError(
+            "out_of_range",
+            f"ranking {ranking} numbers the responses 1..{n}; they are numbered 0..{n - 1}",
+        )
+    bad = [v for v in ranking if not 0 <= v < n]
+    if bad:
+        raise RankingParseError(
+            "out_of_range", f"ranking {ranking} has numbers outside 0..{n - 1}: {bad}"
+        )
+    duplicates = sorted({v for v in ranking if ranking.count(v) > 1})
+    if duplicates:
+        raise RankingParseError("duplicate", f"ranking {ranking} lists {duplicates} more than once")
+    if len(ranking) != n:
+        missing = sorted(set(range(n)) - set(ranking))
+        raise RankingParseError(
+            "not_permutation", f"ranking {ranking} leaves out responses {missing}"
+        )
+    return ranking
+
+
+def _int_list(body: str) -> list[str]:
+    return [part.strip() for part in body.split(",") if part.strip()]
+
+
+def parse_structured(text: str, n: int, finish_reason: str | None = None) -> list[int]:
+    """The ``ranking`` of a JSON object answer."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        kind = "truncated" if finish_reason == "length" else "missing"
+        raise RankingParseError(kind, f"the answer is not complete JSON ({err.msg})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("ranking"), list):
+        raise RankingParseError("missing", 'the JSON answer has no "ranking" list')
+    return validate_ranking(data["ranking"], n)
+
+
+def parse_ranking(text: str, n: int, finish_reason: str | None = None) -> list[int]:
+    """The ranking in ``text`` (see module doc), as caller-independent displayed indices."""
+    text = text or ""
+    markers = list(_MARKER.finditer(text))
+    if markers:
+        tail = text[markers[-1].end() :]
+        match = _LIST.match(tail.lstrip())
+        if match is None:
+            kind = "truncated" if finish_reason == "length" else "missing"
+            raise RankingParseError(kind, "the answer line has no complete [..] list")
+        return validate_ranking(_int_list(match.group(1)), n)
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        return parse_structured(stripped, n, finish_reason)
+    lists = [m for m in _LIST.finditer(text) if re.fullmatch(r"[\d\s,]*", m.group(1))]
+    if len(lists) == 1:
+        return validate_ranking(_int_list(lists[0].group(1)), n)
+    if finish_reason == "length":
+        raise RankingParseError("truncated", "the answer was cut off before the ranking")
+    if finish_reason == "content_filter" or _REFUSAL.search(text):
+        raise RankingParseError("refusal", "the model declined to rank")
+    raise RankingParseError(
+        "missing", "no line starting with '### The desired ranking is:' in the answer"
+    )
+
+
+def parse_better_response(text: str) -> str | None:
+    """The text after ``### A better response is:``, or from a JSON answer; else ``None``."""
+    text = text or ""
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            value = json.loads(stripped).get("better_response")
+        except (json.JSONDecodeError, AttributeError):
+            return None
+        return value.strip() or None if isinstance(value, str) else None
+    markers = list(_BETTER.finditer(text))
+    if not markers:
+        return None
+    better = text[markers[-1].end() :].strip()
+    # A ranking line after it belongs to the answer, not to the response.
+    better = _MARKER.split(better)[0].strip()
+    return better or None
