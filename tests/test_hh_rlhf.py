@@ -1,0 +1,112 @@
+"""The HH-RLHF loader on the real test splits in ../shared/data/hh-rlhf."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+
+import pytest
+
+from conftest import HH_DIR
+from cyclealign.data import HH_SUBSETS, load_hh_rlhf, split_dialogue
+
+# Kept rows per subset of the test splits: raw rows minus the drops below (no row has two
+# reasons, so the counts add up).
+RAW = {
+    "harmless-base": 2312,
+    "helpful-base": 2354,
+    "helpful-online": 1137,
+    "helpful-rejection-sampled": 2749,
+}
+DROPPED = {
+    "harmless-base": {"different_prefix": 5, "empty_reply": 4},
+    "helpful-base": {"different_prefix": 9, "empty_reply": 4, "identical_replies": 2},
+    "helpful-online": {"empty_reply": 3, "identical_replies": 2},
+    "helpful-rejection-sampled": {"different_prefix": 3, "identical_replies": 32},
+}
+KEPT = {s: RAW[s] - sum(DROPPED[s].values()) for s in RAW}
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    return load_hh_rlhf(HH_DIR, split="test", return_report=True)
+
+
+def test_kept_counts_and_drop_summary(test_split, caplog):
+    dataset, report = test_split
+    assert report.rows == RAW
+    assert (
+        report.kept
+        == KEPT
+        == {
+            "harmless-base": 2303,
+            "helpful-base": 2339,
+            "helpful-online": 1132,
+            "helpful-rejection-sampled": 2714,
+        }
+    )
+    assert len(dataset) == sum(KEPT.values()) == 8488
+    for subset in HH_SUBSETS:
+        counts = {k: v for k, v in report.dropped_counts(subset).items() if v}
+        assert counts == DROPPED[subset]
+    assert report.dropped_counts() == {
+        "different_prefix": 17,
+        "malformed": 0,
+        "empty_reply": 11,
+        "identical_replies": 36,
+    }
+    with caplog.at_level(logging.INFO, logger="cyclealign.data"):
+        load_hh_rlhf(HH_DIR, subsets=["helpful-online"], split="test")
+    assert "helpful-online: 1137 rows, kept 1132, dropped empty_reply=3" in caplog.text
+
+
+def test_dropped_indices_point_at_the_offending_rows(test_split):
+    _, report = test_split
+    path = HH_DIR / "helpful-rejection-sampled" / "test.jsonl.gz"
+    with gzip.open(path, "rt") as handle:
+        rows = [json.loads(line) for line in handle]
+    for index in report.dropped["helpful-rejection-sampled"]["identical_replies"]:
+        chosen, rejected = rows[index]["chosen"], rows[index]["rejected"]
+        assert chosen.rsplit("\n\nAssistant:", 1)[1].strip() == (
+            rejected.rsplit("\n\nAssistant:", 1)[1].strip()
+        )
+
+
+def test_prompts_are_dialogues_ending_with_the_human(test_split):
+    dataset, _ = test_split
+    for row in dataset.select(range(0, len(dataset), 97)):
+        roles = [m["role"] for m in row["prompt"]]
+        assert roles[-1] == "user" and roles[0] == "user"
+        assert row["chosen"] and row["rejected"] and row["chosen"] != row["rejected"]
+        assert all(m["content"] == m["content"].strip() for m in row["prompt"])
+
+
+def test_split_dialogue():
+    text = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: Bread?"
+    assert split_dialogue(text) == [
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Bread?"},
+    ]
+
+
+def test_ranked_format_and_even_sampling():
+    ranked = load_hh_rlhf(HH_DIR, split="test", num_samples=10, seed=1, format="ranked")
+    assert ranked.column_names == ["prompt", "responses", "rewards", "subset"]
+    assert all(r == [1.0, 0.0] for r in ranked["rewards"])
+    assert [ranked["subset"].count(s) for s in HH_SUBSETS] == [3, 3, 2, 2]
+    again = load_hh_rlhf(HH_DIR, split="test", num_samples=10, seed=1, format="ranked")
+    other = load_hh_rlhf(HH_DIR, split="test", num_samples=10, seed=2, format="ranked")
+    assert again["responses"] == ranked["responses"] != other["responses"]
+
+
+def test_errors_say_what_to_do(tmp_path):
+    with pytest.raises(ValueError, match="choose from"):
+        load_hh_rlhf(HH_DIR, subsets=["harmful-base"], split="test")
+    with pytest.raises(FileNotFoundError, match=r"<subset>/<split>\.jsonl\.gz"):
+        load_hh_rlhf(tmp_path, subsets=["helpful-base"], split="test")
+    with pytest.raises(ValueError, match="only 1132 usable rows"):
+        load_hh_rlhf(HH_DIR, subsets=["helpful-online"], split="test", num_samples=2000)
+    with pytest.raises(ValueError, match="format"):
+        load_hh_rlhf(HH_DIR, split="test", format="pairs")
