@@ -1,0 +1,177 @@
+"""Train the tiny test model with a scripted ranker, on however many processes launched us.
+
+Each process writes ``<out>/rank<i>.json``: a checksum of every parameter, the pool's state,
+the prompts it saw and what the run logged, for the test to compare across processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import threading
+from pathlib import Path
+
+import torch
+
+TESTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TESTS))
+
+from conftest import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+from cyclealign import CycleAlignConfig, CycleAlignTrainer  # noqa: E402
+from cyclealign.rankers.base import BlackBoxRanker, RankResult  # noqa: E402
+
+PROMPTS = [
+    "How do I bake bread?",
+    "Tell me a joke.",
+    "What is the capital of France?",
+    "hello world",
+    "one two three",
+    "red green blue",
+    "apple banana cherry",
+    "the quick brown fox",
+]
+
+
+class PreferE(BlackBoxRanker):
+    """More "e" is better: a fixed, checkable teacher. Records the prompts it saw."""
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def rank(self, requests):
+        self.seen += [str(r.prompt) for r in requests]
+        return [
+            RankResult(sorted(range(len(r.responses)), key=lambda i: -r.responses[i].count("e")))
+            for r in requests
+        ]
+
+
+class Failing(PreferE):
+    def rank(self, requests):
+        super().rank(requests)
+        return [RankResult(None, error="scripted failure") for _ in requests]
+
+
+class EchoWhitebox(PreferE):
+    """Agrees fully with the white-box ranking, published by the trainer's forward pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.ready = threading.Event()
+        self.whitebox = None
+
+    def attach(self, trainer):
+        original = trainer.loss_fn.ranking
+
+        def publish(*args, **kwargs):
+            self.whitebox = original(*args, **kwargs)
+            self.ready.set()
+            return self.whitebox
+
+        trainer.loss_fn.ranking = publish
+
+    def rank(self, requests):
+        super().rank(requests)
+        assert self.ready.wait(60)
+        self.ready.clear()
+        return [RankResult(list(w)) for w in self.whitebox]
+
+
+def checksum(model) -> tuple[str, float]:
+    digest = hashlib.sha256()
+    total = 0.0
+    for name, param in sorted(model.named_parameters()):
+        data = param.detach().to(torch.float64).cpu()
+        digest.update(name.encode())
+        digest.update(data.numpy().tobytes())
+        total += float(data.abs().sum())
+    return digest.hexdigest(), total
+
+
+def tensor_sums(model) -> list[float]:
+    """Order-free fingerprint of the weights (PEFT renames the base model's parameters)."""
+    return sorted(float(p.detach().double().sum()) for p in model.parameters())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--scenario", default="prefer", choices=["prefer", "one_fails", "all_fail"])
+    parser.add_argument("--peft", action="store_true")
+    parser.add_argument("--max_rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--ddp_backend", default=None)
+    cli = parser.parse_args()
+
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_model(tokenizer, seed=0)  # the same initial weights on every process
+    initial = checksum(model)
+    initial_tensors = tensor_sums(model)
+    args = CycleAlignConfig(
+        output_dir=cli.out,
+        per_device_train_batch_size=2,
+        max_steps=cli.steps,
+        num_responses=3,
+        max_new_tokens=6,
+        max_rounds=cli.max_rounds,
+        stop_on_full_agreement=True,
+        use_better_response=False,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        ddp_backend=cli.ddp_backend,
+    )
+    from datasets import Dataset
+
+    dataset = Dataset.from_dict({"prompt": PROMPTS})
+    peft_config = None
+    if cli.peft:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    ranker: PreferE = PreferE()
+    if cli.scenario == "all_fail":
+        ranker = Failing()
+    trainer = CycleAlignTrainer(
+        model,
+        args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        ranker=ranker,
+        peft_config=peft_config,
+    )
+    rank = trainer.accelerator.process_index
+    if cli.scenario == "one_fails":
+        ranker = Failing() if rank == 1 else EchoWhitebox()
+        if isinstance(ranker, EchoWhitebox):
+            ranker.attach(trainer)
+        trainer.ranker = ranker
+    trainer.train()
+
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    base_unchanged = None
+    if cli.peft:
+        base = [p for n, p in unwrapped.named_parameters() if "lora_" not in n]
+        base_unchanged = sorted(float(p.detach().double().sum()) for p in base) == initial_tensors
+    result = {
+        "process_index": rank,
+        "num_processes": trainer.accelerator.num_processes,
+        "distributed_type": str(trainer.accelerator.distributed_type),
+        "initial": initial,
+        "final": checksum(unwrapped),
+        "base_unchanged": base_unchanged,
+        "pool": trainer.pool.state_dict(),
+        "prompts_seen": ranker.seen,
+        "global_step": trainer.state.global_step,
+        "log_history": trainer.state.log_history,
+    }
+    Path(cli.out).mkdir(parents=True, exist_ok=True)
+    (Path(cli.out) / f"rank{rank}.json").write_text(json.dumps(result, default=str))
+
+
+if __name__ == "__main__":
+    main()
