@@ -28,6 +28,8 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+import openai
+
 from .base import BlackBoxRanker, RankRequest, RankResult, Usage
 from .budget import Budget, RateLimiter
 from .cache import RankCache, cache_key
@@ -148,7 +150,9 @@ class OpenAIRanker(BlackBoxRanker):
         self._limiter = RateLimiter(requests_per_minute)
         # The key lives in a closure, not an attribute: vars(ranker) never shows it.
         self._make_client = lambda: _new_client(key, base_url)
-        self._client: Any = None
+        # Made now, not on the first request: building the client takes a noticeable moment
+        # that would otherwise delay the first batch past the forward pass it should overlap.
+        self._client: Any = self._make_client()
         self._semaphore: asyncio.Semaphore | None = None
 
     def __repr__(self) -> str:
@@ -160,8 +164,9 @@ class OpenAIRanker(BlackBoxRanker):
     # -- the async path -----------------------------------------------------------------------
 
     async def arank(self, requests: Sequence[RankRequest]) -> list[RankResult]:
-        if self._client is None:  # bound to the loop that first uses it: the background loop
+        if self._client is None:  # after unpickling
             self._client = self._make_client()
+        if self._semaphore is None:  # bound to the loop that first uses it: the background loop
             self._semaphore = asyncio.Semaphore(self.max_concurrency)
         return list(await asyncio.gather(*(self._rank_one(r) for r in requests)))
 
@@ -259,8 +264,6 @@ class OpenAIRanker(BlackBoxRanker):
     async def _request_with_retries(
         self, messages: list[dict[str, str]], params: dict[str, Any], usage: Usage
     ) -> dict[str, Any]:
-        import openai
-
         assert self._semaphore is not None
         attempt = 0
         while True:
@@ -354,9 +357,7 @@ class OpenAIRanker(BlackBoxRanker):
 
 
 def _new_client(api_key: str, base_url: str | None) -> Any:
-    from openai import AsyncOpenAI
-
-    return AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0)
+    return openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0)
 
 
 def _retry_after(err: Any) -> float | None:
