@@ -231,8 +231,11 @@ def check_checkpoint(path: Path, prompt: str) -> str:
     """Reload the saved model as a user would and let it answer one prompt."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from cyclealign.models import outside_zero3
+
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path)
+    with outside_zero3():
+        model = AutoModelForCausalLM.from_pretrained(path)
     messages = [{"role": "user", "content": prompt}]
     if tokenizer.chat_template:
         ids = tokenizer.apply_chat_template(

@@ -8,8 +8,10 @@ under a second instead of ~35 s of de-quantisation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -69,3 +71,22 @@ def materialize_gguf(gguf_dir: str | Path, gguf_file: str, out_dir: str | Path) 
     # Written last: a conversion cut short is redone next time.
     marker.write_text(json.dumps(fingerprint))
     return out
+
+
+@contextlib.contextmanager
+def outside_zero3() -> Iterator[None]:
+    """Load models inside this block as ordinary, whole models even under DeepSpeed ZeRO-3.
+
+    Once ``TrainingArguments`` with a ZeRO-3 config exist, every ``from_pretrained`` is
+    partitioned across processes (``zero.Init``). That is right for the model being trained
+    (the engine gathers its weights) and wrong for a frozen helper model such as a local
+    ranker or a reloaded checkpoint, whose weights would stay empty shards.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved

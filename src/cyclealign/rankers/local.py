@@ -99,8 +99,11 @@ def _load(model: Any, tokenizer: Any, auto_class: str) -> tuple[Any, Any]:
     import transformers
 
     if isinstance(model, (str, os.PathLike)):
+        from ..models import outside_zero3
+
         path = str(model)
-        model = getattr(transformers, auto_class).from_pretrained(path)
+        with outside_zero3():  # a frozen judge is no part of the engine: keep it whole
+            model = getattr(transformers, auto_class).from_pretrained(path)
         tokenizer = tokenizer or transformers.AutoTokenizer.from_pretrained(path)
     if tokenizer is None:
         raise ValueError("Pass the tokenizer when the model is an already loaded model.")
