@@ -59,6 +59,8 @@ def test_evaluate_writes_reward_and_pairwise_tables(
                 "judge",
                 "--judge_base_url",
                 server.base_url,
+                "--training_run",
+                str(run),
                 "--output_dir",
                 str(tmp_path),
             ]
