@@ -114,3 +114,48 @@ def test_deepspeed_inner_rounds_match_the_plain_run(tmp_path, plain_run, config)
     assert ds["final"][1] == pytest.approx(plain_run["final"][1], rel=1e-9)
     assert ds["final"][1] != pytest.approx(ds["initial"][1], rel=1e-9)
     assert ds["pool"] == plain_run["pool"]
+
+
+def run_script(*script_args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *script_args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result_without_paying_twice(tmp_path):
+    from chat_server import ChatServer, rank_by
+
+    common = ["--steps", "4", "--save_steps", "2", "--max_rounds", "2"]
+    with ChatServer(rank_by(lambda text: text.count("e"))) as server:
+        whole = run_script(
+            "--out",
+            str(tmp_path / "whole"),
+            "--ranker_url",
+            server.base_url,
+            "--cache",
+            str(tmp_path / "whole.sqlite"),
+            *common,
+        )
+        assert whole.returncode == 0, whole.stderr[-4000:]
+        paid_whole = server.count
+    with ChatServer(rank_by(lambda text: text.count("e"))) as server:
+        out, cache = tmp_path / "killed", tmp_path / "killed.sqlite"
+        args = ["--out", str(out), "--ranker_url", server.base_url, "--cache", str(cache)]
+        killed = run_script(*args, *common, "--kill_after_save", "2")
+        assert killed.returncode == -9, killed.stderr[-4000:]
+        assert (out / "checkpoint-2").is_dir() and not (out / "rank0.json").exists()
+        paid_before_kill = server.count
+        resumed = run_script(*args, *common, "--resume")
+        assert resumed.returncode == 0, resumed.stderr[-4000:]
+        paid_after_resume = server.count - paid_before_kill
+    a = json.loads((tmp_path / "whole" / "rank0.json").read_text())
+    b = json.loads((out / "rank0.json").read_text())
+    assert b["final"] == a["final"] and b["pool"] == a["pool"] and b["global_step"] == 4
+    # Steps 1-2 were paid once, before the kill; the resumed run paid only for steps 3-4.
+    assert 0 < paid_before_kill < paid_whole
+    assert paid_before_kill + paid_after_resume == paid_whole

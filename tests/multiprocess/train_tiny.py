@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -103,6 +105,11 @@ def main() -> None:
     parser.add_argument("--max_rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--ddp_backend", default=None)
+    parser.add_argument("--ranker_url", default=None, help="rank through OpenAIRanker here")
+    parser.add_argument("--cache", default=None, help="the OpenAIRanker's SQLite cache")
+    parser.add_argument("--save_steps", type=int, default=0)
+    parser.add_argument("--kill_after_save", type=int, default=0, help="SIGKILL after it")
+    parser.add_argument("--resume", action="store_true")
     cli = parser.parse_args()
 
     tokenizer = build_tiny_tokenizer()
@@ -120,7 +127,8 @@ def main() -> None:
         use_better_response=False,
         learning_rate=1e-3,
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="steps" if cli.save_steps else "no",
+        save_steps=cli.save_steps or 500,
         report_to="none",
         seed=0,
         ddp_backend=cli.ddp_backend,
@@ -136,6 +144,11 @@ def main() -> None:
     ranker: PreferE = PreferE()
     if cli.scenario == "all_fail":
         ranker = Failing()
+    if cli.ranker_url:
+        from cyclealign.rankers import OpenAIRanker
+
+        ranker = OpenAIRanker("judge", base_url=cli.ranker_url, cache_path=cli.cache)
+        ranker.seen = []
     trainer = CycleAlignTrainer(
         model,
         args,
@@ -150,7 +163,16 @@ def main() -> None:
         if isinstance(ranker, EchoWhitebox):
             ranker.attach(trainer)
         trainer.ranker = ranker
-    trainer.train()
+    if cli.kill_after_save:
+        from transformers import TrainerCallback
+
+        class Kill(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                if state.global_step == cli.kill_after_save:
+                    os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, like a lost machine
+
+        trainer.add_callback(Kill())
+    trainer.train(resume_from_checkpoint=True if cli.resume else None)
 
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     base_unchanged = None
