@@ -93,3 +93,68 @@ def test_example_under_accelerate_zero3(tiny_model_dir, tmp_path):
     assert summary["global_step"] == 2 and summary["updates"] >= 1
     state = json.loads((out / "report.json").read_text())
     assert any("cycle/rounds" in h for h in state["log_history"])
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "examples" / "configs").glob("*.yaml")))
+def test_every_example_config_parses(config, tmp_path, monkeypatch):
+    sys.path.insert(0, str(EXAMPLE.parent))
+    try:
+        import hh_rlhf
+    finally:
+        sys.path.remove(str(EXAMPLE.parent))
+    from trl import TrlParser
+
+    from cyclealign import CycleAlignConfig
+
+    parser = TrlParser((hh_rlhf.ScriptArguments, CycleAlignConfig))
+    script, args = parser.parse_args_and_config(
+        [
+            "--config",
+            str(config),
+            "--output_dir",
+            str(tmp_path),
+            "--use_cpu",
+            "true",
+            "--bf16",
+            "false",
+        ]
+    )
+    assert script.ranker in ("openai", "local_chat", "none")
+    assert args.gradient_accumulation_steps == 1 and args.num_responses >= 2
+
+
+@pytest.mark.slow
+def test_offline_baseline_config_runs(tiny_model_dir, tmp_path):
+    out = tmp_path / "pro"
+    run(
+        [
+            sys.executable,
+            str(EXAMPLE),
+            "--config",
+            str(ROOT / "examples" / "configs" / "pro_offline.yaml"),
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--dataset",
+            str(HH_DIR),
+            "--split",
+            "test",
+            "--num_samples",
+            "8",
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "2",
+            "--max_new_tokens",
+            "16",
+            "--max_prompt_length",
+            "64",
+            "--use_cpu",
+            "true",
+            "--logging_steps",
+            "1",
+        ],
+        out,
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert any("loss/rank" in h for h in report["log_history"])
+    assert report["summary"]["global_step"] == 2

@@ -113,3 +113,23 @@ def test_dynamic_demonstration_switches_reach_the_prompt(tmp_path, tiny_tokenize
     # Without dynamic demonstrations: the static one and the query, every time.
     assert {len(turns) for turns in without} == {2}
     assert all("landlord" in turns[0] for turns in without)
+
+
+def test_without_any_demonstration_the_prompt_is_bare(tmp_path, tiny_tokenizer):
+    with ChatServer(rank_by(len)) as server:
+        ranker = OpenAIRanker("judge", base_url=server.base_url)
+        trainer = make_trainer(
+            tmp_path,
+            tiny_tokenizer,
+            ranker,
+            max_rounds=2,
+            stop_on_full_agreement=False,
+            use_dynamic_demonstrations=False,
+            use_static_demonstration=False,
+        )
+        trainer.train()
+        roles = {tuple(m["role"] for m in r.body["messages"]) for r in server.requests}
+    assert roles == {("system", "user")}  # instruction and query only: "w/o ICL"
+    logged = trainer.state.log_history[0]
+    assert logged["ablation/static_demonstration"] == 0.0
+    assert logged["ablation/dynamic_demonstrations"] == 0.0

@@ -68,6 +68,6 @@ def restore_cycle_state(checkpoint_dir: str, process_index: int, *, pool: Any, r
     pool_state, ranker_state = state
     if pool_state is not None:
         pool.load_state_dict(pool_state)
-    if ranker_state is not None:
+    if ranker_state is not None and ranker is not None:
         ranker.load_state_dict(ranker_state)
     return True

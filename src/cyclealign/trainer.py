@@ -44,8 +44,16 @@ from .generation import (
 from .losses import get_ranking_loss
 from .metrics import CycleMetrics, RoundStats, reduce_sum, stats_to_metrics
 from .model_loading import load_model_and_tokenizer, wrap_with_peft
+from .offline import (
+    RANKED_COLUMNS,
+    RankedCollator,
+    has_ranked_columns,
+    ranked_batch_loss,
+    validate_ranked_rows,
+)
 from .pool_sync import select_demonstrations, share_agreements
 from .rankers.base import BlackBoxRanker, RankRequest
+from .rankers.prompt import drop_static_demonstration
 from .ranking_results import PendingRanking
 from .round_log import RoundLogWriter, round_record
 
@@ -99,11 +107,24 @@ class CycleAlignTrainer(Trainer):
                 "Build one with CycleAlignConfig(output_dir=..., ...)."
             )
         args._validate()  # fields may have been changed after construction
-        if not isinstance(ranker, BlackBoxRanker):
+        offline = ranker is None
+        if offline:
+            columns = list(getattr(train_dataset, "column_names", None) or [])
+            if not has_ranked_columns(columns):
+                raise ValueError(
+                    "CycleAlignTrainer needs either a ranker (a BlackBoxRanker such as "
+                    "OpenAIRanker or LocalChatRanker) to run the cycle, or ranker=None with a "
+                    "train_dataset of ranked data: columns 'prompt', 'responses' and 'rewards' "
+                    f"or 'ranking' (offline PRO/RRHF). Got columns {columns}."
+                )
+            validate_ranked_rows(train_dataset)
+        elif not isinstance(ranker, BlackBoxRanker):
             raise TypeError(
                 "CycleAlignTrainer: ranker must be a BlackBoxRanker (for example OpenAIRanker or "
                 f"FunctionRanker), got {type(ranker).__name__}."
             )
+        elif not args.use_static_demonstration:
+            drop_static_demonstration(ranker)
         model, processing_class = load_model_and_tokenizer(model, args, processing_class)
         if peft_config is not None:
             model = wrap_with_peft(model, peft_config, args)
@@ -120,7 +141,16 @@ class CycleAlignTrainer(Trainer):
         super().__init__(
             model=model,
             args=args,
-            data_collator=PromptCollator(processing_class, args.max_prompt_length),
+            data_collator=(
+                RankedCollator(
+                    processing_class,
+                    args.max_prompt_length,
+                    args.max_new_tokens,
+                    eos_token_ids(model, processing_class)[0],
+                )
+                if offline
+                else PromptCollator(processing_class, args.max_prompt_length)
+            ),
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
@@ -135,7 +165,7 @@ class CycleAlignTrainer(Trainer):
     def _set_signature_columns_if_needed(self) -> None:
         # Only the raw prompt is needed; the collator tokenizes it.
         if self._signature_columns is None:
-            self._signature_columns = ["prompt"]
+            self._signature_columns = ["prompt"] if self.ranker else list(RANKED_COLUMNS)
 
     # -- training ----------------------------------------------------------------------------
 
@@ -146,6 +176,12 @@ class CycleAlignTrainer(Trainer):
         updates the weights, the last round's update is left to the Trainer."""
         model.train()
         inputs = self._prepare_inputs(inputs)
+        if self.ranker is None:  # offline: fixed ranked candidates, one update
+            out = ranked_batch_loss(model, inputs, self.loss_fn, self._logits_to_keep)
+            self._metrics.add("loss/rank", float(out.rank_loss))
+            self._metrics.add("loss/sft", float(out.sft_loss))
+            self._metrics.add("cycle/offline", 1.0)
+            return self._update(model, out.loss, last=True)
         if not self.is_deepspeed_enabled:
             # A round with nothing to learn must leave every .grad None: torch optimizers
             # then skip the parameter entirely (no momentum, no weight decay).
@@ -338,6 +374,10 @@ class CycleAlignTrainer(Trainer):
         """One round without updates: sample, rank, score; the loss uses the black-box
         ranking only (failed prompts and better responses are left out)."""
         inputs = self._prepare_inputs(inputs)
+        if self.ranker is None:
+            with torch.no_grad():
+                out = ranked_batch_loss(model, inputs, self.loss_fn, self._logits_to_keep)
+            return out.loss.detach(), None, None
         with torch.no_grad():
             outcome = self._run_round(model, inputs, 0, {}, training=False)
         self._eval_stats.add(outcome.stats)
@@ -351,6 +391,10 @@ class CycleAlignTrainer(Trainer):
         ignore_keys=None,
         metric_key_prefix="eval",
     ):
+        if self.ranker is None:  # offline: the Trainer's own mean of the ranking loss
+            return super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
         self._eval_stats = RoundStats()
         output = super().evaluation_loop(
             dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
@@ -379,7 +423,8 @@ class CycleAlignTrainer(Trainer):
     def _save_checkpoint(self, model, trial) -> None:
         folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         checkpoint_dir = os.path.join(self._get_output_dir(trial=trial), folder)
-        ranker_states = gather_object([self.ranker.state_dict()])  # one per process
+        ranker_state = self.ranker.state_dict() if self.ranker is not None else {}
+        ranker_states = gather_object([ranker_state])  # one per process
         if self.args.should_save:
             save_cycle_state(checkpoint_dir, self.pool.state_dict(), ranker_states)
         super()._save_checkpoint(model, trial)

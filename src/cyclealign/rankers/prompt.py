@@ -20,8 +20,10 @@ Two properties matter more than wording:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
 import random
 import re
 from collections.abc import Sequence
@@ -38,9 +40,12 @@ __all__ = [
     "DEFAULT_STATIC_DEMONSTRATION",
     "RankingTemplate",
     "display_order",
+    "drop_static_demonstration",
     "escape_response",
     "render_prompt_text",
 ]
+
+logger = logging.getLogger(__name__)
 
 ANSWER_MARKER = "### The desired ranking is:"
 BETTER_MARKER = "### A better response is:"
@@ -212,3 +217,16 @@ class RankingTemplate:
             task += "\n" + self.better_response_instruction
         messages.append({"role": "user", "content": task})
         return messages, order
+
+
+def drop_static_demonstration(ranker: Any) -> None:
+    """Switch off the static demonstration of a ranker built on :class:`RankingTemplate`
+    (the paper's "w/o ICL" ablation, with dynamic demonstrations off too)."""
+    template = getattr(ranker, "template", None)
+    if isinstance(template, RankingTemplate):
+        ranker.template = dataclasses.replace(template, static_demonstration=None)
+    else:
+        logger.warning(
+            "use_static_demonstration=False has no effect on %s: it has no RankingTemplate.",
+            type(ranker).__name__,
+        )
