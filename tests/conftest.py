@@ -87,6 +87,25 @@ def build_tiny_model(tokenizer, seed: int = 0, **overrides):
     return model
 
 
+def build_tiny_reward_model(tokenizer, seed: int = 0):
+    """A 1-layer Llama reward model (one label) whose vocabulary matches ``tokenizer``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForSequenceClassification(config).eval()
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return build_tiny_tokenizer()

@@ -9,15 +9,14 @@ import sys
 import pytest
 
 from chat_server import ChatServer, Reply
-from conftest import HH_DIR, build_tiny_model
+from conftest import HH_DIR, build_tiny_model, build_tiny_reward_model
 from cyclealign.cli import main
-from test_evaluation_protocol import tiny_reward_model
 
 
 @pytest.fixture(scope="module")
 def reward_model_dir(tmp_path_factory, tiny_tokenizer):
     path = tmp_path_factory.mktemp("reward-model")
-    tiny_reward_model(tiny_tokenizer).save_pretrained(path)
+    build_tiny_reward_model(tiny_tokenizer).save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
     return path
 

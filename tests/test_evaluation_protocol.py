@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from chat_server import ChatServer, Reply, shown_responses
-from conftest import build_tiny_model
+from conftest import build_tiny_model, build_tiny_reward_model
 from cyclealign.demonstrations import Demonstration
 from cyclealign.evaluation.protocol import (
     generate_responses,
@@ -21,21 +19,6 @@ from cyclealign.rankers import FunctionRanker, OpenAIRanker, RewardModelRanker
 PROMPTS = ["How do I bake bread?", [{"role": "user", "content": "Tell me a joke."}], "hello"]
 
 
-def tiny_reward_model(tokenizer):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForSequenceClassification(config).eval()
-
-
 def test_generation_and_reward_table(tiny_tokenizer):
     model = build_tiny_model(tiny_tokenizer)
     answers = generate_responses(model, tiny_tokenizer, PROMPTS, max_new_tokens=5, batch_size=2)
@@ -44,7 +27,7 @@ def test_generation_and_reward_table(tiny_tokenizer):
     assert answers == [
         generate_responses(model, tiny_tokenizer, [p], max_new_tokens=5)[0] for p in PROMPTS
     ]
-    scorer = RewardModelRanker(tiny_reward_model(tiny_tokenizer), tiny_tokenizer)
+    scorer = RewardModelRanker(build_tiny_reward_model(tiny_tokenizer), tiny_tokenizer)
     rows = reward_table(PROMPTS, answers, ["a", "b", "a"], scorer)
     scores = scorer.score(PROMPTS, answers)
     assert [r["subset"] for r in rows] == ["a", "b", "total"]

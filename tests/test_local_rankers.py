@@ -6,9 +6,8 @@ import random
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForSequenceClassification
 
-from conftest import build_tiny_model
+from conftest import build_tiny_model, build_tiny_reward_model
 from cyclealign.rankers.base import RankRequest, is_permutation
 from cyclealign.rankers.local import FunctionRanker, LocalChatRanker, RewardModelRanker
 
@@ -43,18 +42,7 @@ def test_function_ranker_async_and_wrong_length():
 
 @pytest.fixture(scope="module")
 def reward_model(tiny_tokenizer):
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tiny_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        num_labels=1,
-        pad_token_id=tiny_tokenizer.pad_token_id,
-    )
-    return LlamaForSequenceClassification(config).eval()
+    return build_tiny_reward_model(tiny_tokenizer)
 
 
 def test_reward_model_ranker_matches_its_scores_and_batching(reward_model, tiny_tokenizer):
