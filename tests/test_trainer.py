@@ -541,3 +541,28 @@ def test_trainer_refuses_gradient_accumulation_and_a_missing_ranker(tmp_path):
         CycleAlignTrainer(
             build_tiny_model(tokenizer), make_args(tmp_path), processing_class=tokenizer
         )
+
+
+@pytest.mark.parametrize("peft", [False, True])
+def test_gradient_checkpointing_works_with_the_cycle(tmp_path, peft):
+    import math
+
+    from peft import LoraConfig
+
+    trainer = make_trainer(tmp_path, CountRanker(), gradient_checkpointing=True)
+    if peft:
+        trainer = CycleAlignTrainer(
+            build_tiny_model(trainer.processing_class),
+            make_args(tmp_path, gradient_checkpointing=True),
+            train_dataset=trainer.train_dataset,
+            processing_class=trainer.processing_class,
+            ranker=CountRanker(),
+            peft_config=LoraConfig(r=2, target_modules=["q_proj", "v_proj"]),
+        )
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert trainer.model.is_gradient_checkpointing
+    assert logged(trainer, "cycle/updates") == [2.0, 2.0]
+    assert all(math.isfinite(v) for v in logged(trainer, "loss/rank"))
+    changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])]
+    assert changed and (not peft or all("lora_" in n for n in changed))
