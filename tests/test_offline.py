@@ -168,3 +168,32 @@ def test_bad_rows_and_missing_columns_are_named(tmp_path):
         offline_trainer(tmp_path, [{"prompt": "p", "responses": ["a", "b"], "ranking": [0, 0]}])
     with pytest.raises(ValueError, match="needs either a ranker"):
         offline_trainer(tmp_path, [{"prompt": "p"}])
+
+
+def test_extra_scored_candidates_join_the_ranked_rows(tmp_path, tiny_tokenizer):
+    from conftest import build_tiny_reward_model
+    from cyclealign.offline import add_candidates, sample_and_score
+    from cyclealign.rankers import RewardModelRanker
+
+    data = load_hh_rlhf(
+        HH_DIR, subsets=["helpful-online"], split="test", num_samples=2, format="ranked"
+    )
+    scorer = RewardModelRanker(build_tiny_reward_model(tiny_tokenizer), tiny_tokenizer)
+    samples, scores = sample_and_score(
+        data,
+        build_tiny_model(tiny_tokenizer),
+        tiny_tokenizer,
+        scorer.score,
+        num_samples=2,
+        max_new_tokens=5,
+    )
+    assert [len(s) for s in samples] == [2, 2] and [len(s) for s in scores] == [2, 2]
+    assert scores[0] == pytest.approx(scorer.score([data[0]["prompt"]] * 2, samples[0]), abs=1e-5)
+    extended = add_candidates(data, samples, scores)
+    assert extended[0]["responses"] == [*data[0]["responses"], *samples[0]]
+    assert extended[0]["rewards"] == pytest.approx([1.0, 0.0, *scores[0]])
+    trainer = offline_trainer(tmp_path, extended, tiny_tokenizer)
+    trainer.train()
+    assert trainer.state.global_step == 1
+    with pytest.raises(ValueError, match="one \\(possibly empty\\) list per row"):
+        add_candidates(data, samples[:1], scores)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -375,3 +376,23 @@ def test_two_processes_share_one_cache_file(tmp_path):
         assert proc.returncode == 0, err
         assert "None" not in out and "locked" not in err
     assert outs[0][0].split("]]")[0] == outs[1][0].split("]]")[0]
+
+
+def test_requests_per_minute_spaces_the_requests():
+    with ChatServer(by_length) as server:
+        ranker = OpenAIRanker("judge", base_url=server.base_url, requests_per_minute=120)
+        results = ranker.rank(requests_for(["a", "bb"], ["c", "dd"], ["e", "ff"]))
+        arrivals = sorted(r.received for r in server.requests)
+    assert all(r.ranking is not None for r in results)
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert min(gaps) >= 0.45  # 120 a minute: one every 0.5 s
+
+
+def test_cost_estimate_uses_the_price_table():
+    reply = Reply(answer([0, 1]).content, prompt_tokens=1000, completion_tokens=200)
+    with ChatServer(lambda body, n: reply) as server:
+        ranker = OpenAIRanker(
+            "judge", base_url=server.base_url, prices={"prompt": 2.0, "completion": 10.0}
+        )
+        ranker.rank(requests_for(["a", "b"], ["c", "d"]))
+    assert ranker.cost_estimate() == pytest.approx((2 * 1000 * 2.0 + 2 * 200 * 10.0) / 1e6)

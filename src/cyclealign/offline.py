@@ -25,9 +25,11 @@ from .ranking_results import linear_rewards
 __all__ = [
     "RANKED_COLUMNS",
     "RankedCollator",
+    "add_candidates",
     "has_ranked_columns",
     "load_round_log",
     "row_rewards",
+    "sample_and_score",
     "validate_ranked_rows",
 ]
 
@@ -184,3 +186,83 @@ def ranked_batch_loss(
         inputs["rewards"],
         inputs["candidate_mask"],
     )
+
+
+def add_candidates(
+    dataset: Any, candidates: Sequence[Sequence[str]], scores: Sequence[Sequence[float]]
+) -> Any:
+    """Ranked rows with extra scored candidates appended (as PRO's data pipeline does).
+
+    ``candidates[i]`` and ``scores[i]`` extend row ``i``'s ``responses`` and ``rewards``. The
+    scores must be on the same scale as the row's rewards (e.g. all from one reward model);
+    rows given as ``ranking`` are turned into linear rewards first, so mix those with care.
+    """
+    if len(candidates) != len(dataset) or len(scores) != len(dataset):
+        raise ValueError(
+            f"add_candidates: {len(dataset)} rows but {len(candidates)} candidate lists and "
+            f"{len(scores)} score lists; give one (possibly empty) list per row."
+        )
+
+    def extend(row: dict[str, Any], index: int) -> dict[str, Any]:
+        extra, values = list(candidates[index]), [float(s) for s in scores[index]]
+        if len(extra) != len(values):
+            raise ValueError(
+                f"add_candidates: row {index} has {len(extra)} candidates but {len(values)} scores."
+            )
+        return {
+            "responses": [*row["responses"], *extra],
+            "rewards": [*row_rewards(row, index), *values],
+        }
+
+    columns = [c for c in ("ranking",) if c in dataset.column_names]
+    return dataset.map(extend, with_indices=True, remove_columns=columns)
+
+
+def sample_and_score(
+    dataset: Any,
+    model: Any,
+    tokenizer: Any,
+    score_fn: Any,
+    num_samples: int = 2,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+) -> tuple[list[list[str]], list[list[float]]]:
+    """Sample ``num_samples`` responses per prompt and score them with ``score_fn``.
+
+    ``score_fn`` is a TRL-style reward function ``(prompts, completions) -> list[float]``
+    (a ``RewardModelRanker``'s ``score`` method fits). Feed the result to
+    :func:`add_candidates`.
+    """
+    import torch
+
+    from .collator import render_prompt
+
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    prompts = list(dataset["prompt"])
+    texts = [render_prompt(p, tokenizer) for p in prompts]
+    device = next(model.parameters()).device
+    samples: list[list[str]] = []
+    for prompt_text in texts:
+        batch = tokenizer([prompt_text], return_tensors="pt", add_special_tokens=False).to(device)
+        with torch.no_grad():
+            out = model.generate(
+                **batch,
+                do_sample=True,
+                temperature=temperature,
+                top_k=0,
+                max_new_tokens=max_new_tokens,
+                num_return_sequences=num_samples,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        new = out[:, batch["input_ids"].shape[1] :]
+        samples.append([t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)])
+    flat_prompts = [p for p, row in zip(prompts, samples) for _ in row]
+    flat = [c for row in samples for c in row]
+    values = list(score_fn(flat_prompts, flat))
+    scores, start = [], 0
+    for row in samples:
+        scores.append([float(v) for v in values[start : start + len(row)]])
+        start += len(row)
+    return samples, scores
