@@ -49,6 +49,12 @@ class LoggedRequest:
 Handler = Callable[[dict[str, Any], int], Reply]
 
 
+class _Server(ThreadingHTTPServer):
+    # The default listen backlog of 5 resets connections when a client opens dozens at once,
+    # which real API servers never do.
+    request_queue_size = 256
+
+
 class ChatServer:
     """``POST /v1/chat/completions`` on a free port of 127.0.0.1, in a daemon thread."""
 
@@ -89,7 +95,7 @@ class ChatServer:
                 except (BrokenPipeError, ConnectionResetError):  # the client timed out
                     pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
