@@ -73,3 +73,45 @@ def test_state_dict_round_trip_is_exact_and_json():
     pool.add(demo("next"))
     restored.add(demo("next"))
     assert restored.state_dict() == pool.state_dict()
+
+
+def test_loading_keeps_the_pools_own_bounds_and_rejects_garbage():
+    big = DemonstrationPool(max_size=8)
+    big.extend(demo(f"p{i}") for i in range(6))
+    small = DemonstrationPool(max_size=2)
+    small.load_state_dict(big.state_dict())
+    assert [d.prompt for d in small] == ["p4", "p5"]
+    small.add(demo("p6"))  # the insertion counter carried over: p6 is the newest
+    assert [d.prompt for d in small.select("q", 2)] == ["p5", "p6"]
+    with pytest.raises(ValueError, match="Not a DemonstrationPool state_dict"):
+        small.load_state_dict({"items": [["x", {}]]})
+
+
+def test_pools_compare_by_state():
+    a, b = DemonstrationPool(), DemonstrationPool()
+    a.extend([demo("x"), demo("y")])
+    b.extend([demo("x"), demo("y")])
+    assert a == b
+    b.add(demo("x"))  # same contents, different recency
+    assert a != b
+    assert a != "a pool"
+
+
+def test_similarity_ignores_role_labels_and_breaks_ties_by_recency():
+    pool = DemonstrationPool()
+    chat = Demonstration([{"role": "user", "content": "paint a fence"}], ["a", "b"], [0, 1])
+    pool.extend([chat, demo("grow tomatoes"), demo("grow potatoes")])
+    # "user" is a role label, not a word of the query: the chat demonstration shares nothing.
+    picked = pool.select([{"role": "user", "content": "grow carrots"}], 3, "similar")
+    assert [d.prompt for d in picked] == [chat.prompt, "grow tomatoes", "grow potatoes"]
+
+
+def test_a_demonstration_longer_than_the_budget_is_not_kept():
+    pool = DemonstrationPool(max_chars=40)
+    pool.add(demo("short", k=1))  # 5 + 14 characters
+    pool.add(demo("far too long for the budget"))  # 99 characters
+    assert [d.prompt for d in pool] == ["short"]  # not flushed to make room in vain
+    with pytest.raises(ValueError, match="max_size"):
+        DemonstrationPool(max_size=0)
+    with pytest.raises(TypeError, match="takes a Demonstration"):
+        pool.add({"prompt": "p"})

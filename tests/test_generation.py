@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import GenerationConfig
 
 from conftest import build_tiny_model, build_tiny_tokenizer
 from cyclealign.collator import PromptCollator
@@ -158,3 +159,37 @@ def test_pad_last_dim():
     x = torch.ones(2, 3)
     assert pad_last_dim(x, 5).tolist() == [[1, 1, 1, 0, 0]] * 2
     assert pad_last_dim(x, 2) is x
+
+
+def test_generation_in_chunks_calls_generate_per_chunk(tiny_tokenizer):
+    from cyclealign.generation import sample_candidates
+
+    model = build_tiny_model(tiny_tokenizer)
+    calls = []
+    original = model.generate
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return original(*args, **kwargs)
+
+    model.generate = counting
+    batch = tiny_tokenizer(["hello world", "one two"], return_tensors="pt", padding=True)
+    config = GenerationConfig(
+        do_sample=True,
+        max_new_tokens=5,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+        eos_token_id=tiny_tokenizer.eos_token_id,
+    )
+    cands = sample_candidates(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        num_responses=3,
+        generation_config=config,
+        tokenizer=tiny_tokenizer,
+        eos_token_ids=[tiny_tokenizer.eos_token_id],
+        chunk_rows=4,
+    )
+    assert calls == [4, 2]
+    assert cands.completion_ids.shape[:2] == (2, 3) and len(cands.texts) == 2
+    assert cands.completion_ids.shape[2] <= 5

@@ -537,9 +537,17 @@ def test_trainer_refuses_gradient_accumulation_and_a_missing_ranker(tmp_path):
         CycleAlignTrainer(
             build_tiny_model(tokenizer), args, processing_class=tokenizer, ranker=CountRanker()
         )
-    with pytest.raises(TypeError, match="BlackBoxRanker"):
+    # No ranker and no ranked data: the error names both ways to train.
+    with pytest.raises(ValueError, match=r"needs either a ranker.*or ranker=None"):
         CycleAlignTrainer(
             build_tiny_model(tokenizer), make_args(tmp_path), processing_class=tokenizer
+        )
+    with pytest.raises(TypeError, match="BlackBoxRanker"):
+        CycleAlignTrainer(
+            build_tiny_model(tokenizer),
+            make_args(tmp_path),
+            processing_class=tokenizer,
+            ranker=lambda requests: None,
         )
 
 

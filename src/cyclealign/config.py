@@ -62,6 +62,7 @@ class CycleAlignConfig(TrainingArguments):
         max_rounds (`int`, *optional*, defaults to `5`):
             Generate-rank-agree-optimize rounds per training step (the paper's threshold of
             interaction times). Every round with a usable ranking updates the weights.
+            Offline training (`ranker=None`, ranked data) has no rounds: one update per step.
         stop_on_full_agreement (`bool`, *optional*, defaults to `True`):
             End the step after the first round in which the black-box and white-box rankings of
             every prompt (on every process) agree fully. That round still updates the weights.
@@ -82,9 +83,10 @@ class CycleAlignConfig(TrainingArguments):
             Show agreements from earlier rounds to the ranker as in-context demonstrations.
             `False` is the paper's "w/o D2" ablation: the pool stays empty.
         use_static_demonstration (`bool`, *optional*, defaults to `True`):
-            The hand-written demonstration belongs to the ranker's template; the trainer only
-            records this switch (logged as `ablation/static_demonstration`). Set the same switch
-            on your ranker's template. Both switches `False` is the paper's "w/o ICL".
+            Show the ranker template's hand-written demonstration. `False` makes the trainer
+            replace the ranker's `template` (a `RankingTemplate`, as `OpenAIRanker` and
+            `LocalChatRanker` have) with a copy without it; other rankers get a warning. Both
+            switches `False` is the paper's "w/o ICL" (the bare instruction).
         max_demonstrations (`int`, *optional*, defaults to `2`):
             Dynamic demonstrations sent with each ranking request.
         demonstration_selection (`str`, *optional*, defaults to `"recent"`):
@@ -106,9 +108,10 @@ class CycleAlignConfig(TrainingArguments):
         > Parameters that control compute and logging
 
         scoring_batch_size (`int` or `None`, *optional*):
-            Sequences per forward pass in no-grad scoring (evaluation); `None` scores all of a
-            batch's candidates at once. The training forward stays one pass because the loss
-            needs every candidate in one graph.
+            Sequences per call in the no-grad work: each `generate` call samples at most this
+            many sequences, and evaluation scores candidates in passes of this size. `None`:
+            one call for the whole batch. Bounds peak memory; the training forward stays one
+            pass because the loss needs every candidate in one graph.
         round_log (`bool`, *optional*, defaults to `False`):
             Append every round's prompts, candidates, both rankings, the raw black-box answer
             and the agreement to `output_dir/round_log.jsonl`.
@@ -216,7 +219,8 @@ class CycleAlignConfig(TrainingArguments):
     use_static_demonstration: bool = field(
         default=True,
         metadata={
-            "help": "Recorded for the logs; the static demonstration is the ranker template's."
+            "help": "Show the ranker template's static demonstration. False with "
+            "use_dynamic_demonstrations=False: the paper's 'w/o ICL'."
         },
     )
     max_demonstrations: int = field(
@@ -248,7 +252,7 @@ class CycleAlignConfig(TrainingArguments):
     # -- compute and logging ------------------------------------------------------------------
     scoring_batch_size: int | None = field(
         default=None,
-        metadata={"help": "Sequences per no-grad scoring forward (evaluation). None: no split."},
+        metadata={"help": "Sequences per generate call / no-grad scoring pass. None: no split."},
     )
     round_log: bool = field(
         default=False,

@@ -9,6 +9,7 @@ white-box rankings (see :func:`cyclealign.agreement_ranking`); they live in a
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 Prompt = str | list[dict[str, Any]]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,11 @@ def _chars(demo: Demonstration) -> int:
     return len(prompt_text(demo.prompt)) + sum(len(r) for r in demo.responses)
 
 
-def _words(text: str) -> set[str]:
+def _words(prompt: Prompt) -> set[str]:
+    # Only what was said: role labels ("user:") would make every chat prompt look alike.
+    text = (
+        prompt if isinstance(prompt, str) else " ".join(str(m.get("content", "")) for m in prompt)
+    )
     return set(re.findall(r"\w+", text.lower()))
 
 
@@ -97,7 +104,8 @@ class DemonstrationPool:
 
     Bounded by ``max_size`` demonstrations and ``max_chars`` characters in all (prompts plus
     responses); the oldest go first. Identical demonstrations are kept once (re-adding one
-    makes it the most recent).
+    makes it the most recent). A demonstration longer than ``max_chars`` on its own is not
+    added (logged at DEBUG level) and leaves the pool as it was.
 
     ``select(query, k)`` picks what goes into one ranking prompt:
 
@@ -106,7 +114,9 @@ class DemonstrationPool:
       before the query;
     - ``"similar"``: the ``k`` with the highest word-set Jaccard similarity to the query,
       least similar first (again: the most relevant ends next to the query); ties go to the
-      more recent.
+      more recent. Only the words of the messages count, not their role labels.
+
+    Two pools compare equal when their :meth:`state_dict` are equal.
 
     Args:
         max_size: most demonstrations kept.
@@ -134,6 +144,14 @@ class DemonstrationPool:
             raise TypeError(
                 f"DemonstrationPool.add takes a Demonstration, got {type(demo).__name__}."
             )
+        if self.max_chars is not None and _chars(demo) > self.max_chars:
+            # Checked first: making room for it would empty the pool and still not fit.
+            logger.debug(
+                "Demonstration of %d characters exceeds max_chars=%d: not kept.",
+                _chars(demo),
+                self.max_chars,
+            )
+            return
         key = self._key(demo)
         self._items.pop(key, None)
         self._counter += 1
@@ -179,10 +197,10 @@ class DemonstrationPool:
         if policy == "recent":
             ranked = sorted(entries, key=lambda e: -e[0])
         else:
-            words = _words(prompt_text(query))
+            words = _words(query)
 
             def similarity(entry: tuple[int, Demonstration]) -> float:
-                other = _words(prompt_text(entry[1].prompt))
+                other = _words(entry[1].prompt)
                 union = words | other
                 return len(words & other) / len(union) if union else 0.0
 
@@ -203,8 +221,43 @@ class DemonstrationPool:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Replace the contents with a :meth:`state_dict`'s.
+
+        The pool keeps its own ``max_size``/``max_chars`` (they are configuration: a resumed
+        run may change them); a state that exceeds them loses its oldest demonstrations.
+        """
+        try:
+            items = [(int(c), Demonstration.from_dict(d)) for c, d in state["items"]]
+            counter = int(state["counter"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(
+                "Not a DemonstrationPool state_dict (expected 'counter' and 'items' as "
+                f"[[counter, demonstration dict], ...]): {err!r}"
+            ) from None
+        if (state.get("max_size"), state.get("max_chars")) != (self.max_size, self.max_chars):
+            logger.info(
+                "Loading a demonstration pool saved with max_size=%s, max_chars=%s into one "
+                "with max_size=%s, max_chars=%s: the latter apply.",
+                state.get("max_size"),
+                state.get("max_chars"),
+                self.max_size,
+                self.max_chars,
+            )
         self._items.clear()
-        for counter, data in state["items"]:
-            demo = Demonstration.from_dict(data)
-            self._items[self._key(demo)] = (int(counter), demo)
-        self._counter = int(state["counter"])
+        for count, demo in sorted(items, key=lambda item: item[0]):
+            self._items[self._key(demo)] = (count, demo)
+        self._counter = max([counter, *(c for c, _ in items)])
+        self._evict()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DemonstrationPool):
+            return NotImplemented
+        return self.state_dict() == other.state_dict()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return (
+            f"DemonstrationPool({len(self)} demonstrations, max_size={self.max_size}, "
+            f"max_chars={self.max_chars})"
+        )

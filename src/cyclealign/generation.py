@@ -24,6 +24,7 @@ __all__ = [
     "better_response_completions",
     "completion_token_logps",
     "eos_token_ids",
+    "finished_response_ids",
     "pad_last_dim",
     "sample_candidates",
     "sampling_config",
@@ -57,14 +58,30 @@ def sample_candidates(
     generation_config: Any,
     tokenizer: Any,
     eos_token_ids: Sequence[int],
+    chunk_rows: int | None = None,
 ) -> Candidates:
-    """Sample ``num_responses`` responses per prompt in one ``generate`` call, then collapse
-    identical responses of a prompt (same decoded text) to one candidate."""
+    """Sample ``num_responses`` responses per prompt in one ``generate`` call (or in calls of
+    ``chunk_rows`` sequences, to bound memory), then collapse identical responses of a
+    prompt (same decoded text) to one candidate."""
     batch, prompt_len = prompt_ids.shape
-    out = model.generate(
-        input_ids=prompt_ids.repeat_interleave(num_responses, dim=0),
-        attention_mask=prompt_mask.repeat_interleave(num_responses, dim=0),
-        generation_config=generation_config,
+    ids = prompt_ids.repeat_interleave(num_responses, dim=0)
+    mask = prompt_mask.repeat_interleave(num_responses, dim=0)
+    step = chunk_rows or ids.shape[0]
+    outs = [
+        model.generate(
+            input_ids=ids[start : start + step],
+            attention_mask=mask[start : start + step],
+            generation_config=generation_config,
+        )
+        for start in range(0, ids.shape[0], step)
+    ]
+    # Chunks stop at different lengths; EOS padding reads as "ended" and is cut below.
+    out_width = max(o.shape[1] for o in outs)
+    out = torch.cat(
+        [
+            torch.nn.functional.pad(o, (0, out_width - o.shape[1]), value=int(eos_token_ids[0]))
+            for o in outs
+        ]
     )
     completions = out[:, prompt_len:]
     if completions.shape[1] == 0:  # nothing generated at all: one empty, truncated token slot
@@ -130,8 +147,7 @@ def better_response_completions(
     present = []
     for b, text in enumerate(texts):
         if text:
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eos_token_id]
-            rows.append(ids[:max_new_tokens])
+            rows.append(finished_response_ids(text, tokenizer, eos_token_id, max_new_tokens))
             present.append(True)
         else:
             n = int(candidates.completion_mask[b, 0].sum())
@@ -144,6 +160,16 @@ def better_response_completions(
         ids[b, : len(row)] = torch.tensor(row, dtype=torch.long, device=device)
         mask[b, : len(row)] = True
     return ids, mask, torch.tensor(present, dtype=torch.bool, device=device)
+
+
+def finished_response_ids(
+    text: str, tokenizer: Any, eos_token_id: int, max_new_tokens: int | None
+) -> list[int]:
+    """Token ids of a finished answer given as text: its tokens and an EOS, cut to
+    ``max_new_tokens`` (then without the EOS: the answer did not end there). Used for the
+    black box's improved responses and for offline ranked data."""
+    ids = [*tokenizer(text, add_special_tokens=False)["input_ids"], eos_token_id]
+    return ids if max_new_tokens is None else ids[:max_new_tokens]
 
 
 def accepts_logits_to_keep(model: Any) -> bool:

@@ -2,117 +2,98 @@
 
 The paper's PRO and RRHF baselines train on ranked data with no generation and no black
 box. :class:`~cyclealign.CycleAlignTrainer` does that when it gets ``ranker=None`` and a
-dataset with ``prompt``, ``responses`` and either ``rewards`` (higher is better) or
-``ranking`` (indices best-first). The forward pass and the loss are the cycle's own
-(``generation.completion_token_logps`` and the configured ``RankingLoss``).
+dataset of ranked rows (see :mod:`cyclealign.data.ranked`), or a trainer's round log. The
+forward pass and the loss are the cycle's own (``generation.completion_token_logps`` and the
+configured ``RankingLoss``).
 
-Every response is scored as a finished answer, with the EOS token appended, as a sampled
-response that ended by itself is in the cycle.
+Every response is scored as a finished answer: its tokens and an EOS, cut to
+``max_new_tokens`` (a cut response has no EOS), exactly like the black box's improved
+response in the cycle (``generation.finished_response_ids``).
 """
 
 from __future__ import annotations
 
-import logging
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from .collator import PromptCollator
-from .ranking_results import linear_rewards
+from .data.ranked import from_round_log, is_round_log, row_rewards
+from .generation import completion_token_logps, finished_response_ids
 
 __all__ = [
     "RANKED_COLUMNS",
     "RankedCollator",
-    "add_candidates",
     "has_ranked_columns",
-    "load_round_log",
-    "row_rewards",
-    "sample_and_score",
+    "prepare_ranked_datasets",
+    "ranked_batch_loss",
     "validate_ranked_rows",
 ]
-
-logger = logging.getLogger(__name__)
 
 RANKED_COLUMNS = ("prompt", "responses", "rewards", "ranking")
 
 
 def has_ranked_columns(columns: Sequence[str]) -> bool:
-    return "responses" in columns and ("rewards" in columns or "ranking" in columns)
+    return (
+        "prompt" in columns
+        and "responses" in columns
+        and ("rewards" in columns or "ranking" in columns)
+    )
 
 
-def row_rewards(row: Mapping[str, Any], index: int) -> list[float]:
-    """Rewards by response index of a ranked row; a clear error naming the row otherwise."""
-    responses = row.get("responses")
-    where = f"Ranked data row {index}"
-    if not isinstance(responses, Sequence) or isinstance(responses, str):
-        raise ValueError(f"{where}: 'responses' must be a list of strings, got {responses!r:.80}.")
-    n = len(responses)
-    if n < 2:
-        raise ValueError(f"{where} has {n} response(s); ranking needs at least two.")
-    if not all(isinstance(r, str) for r in responses):
-        raise ValueError(f"{where}: every response must be a string.")
-    rewards = row.get("rewards")
-    if rewards is not None:
-        if len(rewards) != n:
-            raise ValueError(f"{where} has {n} responses but {len(rewards)} rewards.")
-        values = [float(r) for r in rewards]
-        if not all(math.isfinite(v) for v in values):
-            raise ValueError(f"{where} has non-finite rewards {values}.")
-        return values
-    ranking = row.get("ranking")
-    if ranking is None:
-        raise ValueError(f"{where} has neither 'rewards' nor 'ranking'.")
-    if sorted(int(i) for i in ranking) != list(range(n)):
-        raise ValueError(
-            f"{where}: ranking {list(ranking)} is not a permutation of 0..{n - 1} (one entry "
-            "per response). Rows of a round log with a failed ranking are dropped by "
-            "cyclealign.offline.load_round_log."
-        )
-    return linear_rewards([int(i) for i in ranking])
-
-
-def validate_ranked_rows(dataset: Any) -> None:
+def validate_ranked_rows(dataset: Any, name: str = "ranked data") -> None:
     """Check every row before training starts, so a bad row fails now, not at step 10,000."""
     columns = list(getattr(dataset, "column_names", None) or [])
     use = [c for c in ("responses", "rewards", "ranking") if c in columns]
     rows = dataset.select_columns(use) if hasattr(dataset, "select_columns") else dataset
     for index, row in enumerate(rows):
-        row_rewards(row, index)
+        row_rewards(row, f"{name} row {index}")
 
 
-def load_round_log(path: str, min_responses: int = 2) -> Any:
-    """A trainer's ``round_log.jsonl`` as ranked data (``prompt``, ``responses``, ``ranking``).
+def prepare_ranked_datasets(train_dataset: Any, eval_dataset: Any) -> tuple[Any, Any]:
+    """The datasets an offline trainer uses, checked row by row before training starts.
 
-    Rows whose ranking failed (an empty ``ranking``) or with fewer than ``min_responses``
-    responses are dropped and counted in a log line. The prompt is the chat messages.
+    A round log becomes ranked data (:func:`~cyclealign.data.ranked.from_round_log`: rows
+    whose ranking failed are dropped, with a logged count). A dict of evaluation datasets is
+    prepared entry by entry; ``None`` stays ``None``, but one of the two is needed.
     """
-    import datasets
+    if train_dataset is None and eval_dataset is None:
+        raise ValueError(_needs("train_dataset", None))
+    return _prepare(train_dataset, "train_dataset"), _prepare(eval_dataset, "eval_dataset")
 
-    log = datasets.load_dataset("json", data_files=str(path), split="train")
-    keep = [
-        i
-        for i, (ranking, responses) in enumerate(zip(log["ranking"], log["responses"]))
-        if ranking and len(responses) >= min_responses
-    ]
-    dropped = len(log) - len(keep)
-    if dropped:
-        logger.warning(
-            "Round log %s: dropped %d of %d rows without a usable ranking.", path, dropped, len(log)
-        )
-    log = log.select(keep)
-    return datasets.Dataset.from_dict(
-        {"prompt": log["messages"], "responses": log["responses"], "ranking": log["ranking"]}
+
+def _prepare(dataset: Any, name: str) -> Any:
+    if dataset is None:
+        return None
+    if isinstance(dataset, Mapping):
+        return {key: _prepare(d, f"{name}[{key!r}]") for key, d in dataset.items()}
+    columns = list(getattr(dataset, "column_names", None) or [])
+    if is_round_log(columns):
+        dataset = from_round_log(dataset)
+    elif not has_ranked_columns(columns):
+        raise ValueError(_needs(name, columns))
+    validate_ranked_rows(dataset, name)
+    return dataset
+
+
+def _needs(name: str, columns: list[str] | None) -> str:
+    got = "is None" if columns is None else f"has columns {columns}"
+    return (
+        "CycleAlignTrainer needs either a ranker (a BlackBoxRanker such as OpenAIRanker or "
+        "LocalChatRanker) to run the cycle on a dataset with a 'prompt' column, or "
+        "ranker=None with ranked data for offline PRO/RRHF training: columns "
+        "'prompt', 'responses' and 'rewards' or 'ranking' (load_hh_rlhf(format='ranked') "
+        f"gives them), or a round_log.jsonl loaded with datasets. {name} {got}."
     )
 
 
 class RankedCollator:
     """Collate ranked rows: the prompt collator's tensors plus the candidates.
 
-    Adds ``completion_ids`` / ``completion_mask`` (``[B, C, L]``, right-padded, EOS appended),
-    ``candidate_mask`` (``[B, C]``, prompts with fewer responses share the batch) and
-    ``rewards`` (``[B, C]``).
+    Adds ``completion_ids`` / ``completion_mask`` (``[B, C, L]``, right-padded, each response
+    a finished answer), ``candidate_mask`` (``[B, C]``, prompts with fewer responses share
+    the batch) and ``rewards`` (``[B, C]``).
     """
 
     def __init__(
@@ -128,15 +109,14 @@ class RankedCollator:
         self.eos_token_id = eos_token_id
 
     def _encode(self, text: str) -> list[int]:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if self.max_completion_length is not None:
-            ids = ids[: self.max_completion_length - 1]
-        return [*ids, self.eos_token_id]
+        return finished_response_ids(
+            text, self.tokenizer, self.eos_token_id, self.max_completion_length
+        )
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         batch = self.prompts(features)
         encoded = [[self._encode(r) for r in row["responses"]] for row in features]
-        rewards = [row_rewards(row, i) for i, row in enumerate(features)]
+        rewards = [row_rewards(row, f"ranked batch row {i}") for i, row in enumerate(features)]
         size = len(features)
         num = max(len(c) for c in encoded)
         width = max(len(ids) for c in encoded for ids in c)
@@ -168,8 +148,6 @@ def ranked_batch_loss(
     model: Any, inputs: Mapping[str, Any], loss_fn: Any, logits_to_keep: bool
 ) -> Any:
     """The configured ranking loss on a collated ranked batch, through the cycle's forward."""
-    from .generation import completion_token_logps
-
     completion_ids = inputs["completion_ids"]
     batch, num, width = completion_ids.shape
     logps, token_mask = completion_token_logps(
@@ -186,83 +164,3 @@ def ranked_batch_loss(
         inputs["rewards"],
         inputs["candidate_mask"],
     )
-
-
-def add_candidates(
-    dataset: Any, candidates: Sequence[Sequence[str]], scores: Sequence[Sequence[float]]
-) -> Any:
-    """Ranked rows with extra scored candidates appended (as PRO's data pipeline does).
-
-    ``candidates[i]`` and ``scores[i]`` extend row ``i``'s ``responses`` and ``rewards``. The
-    scores must be on the same scale as the row's rewards (e.g. all from one reward model);
-    rows given as ``ranking`` are turned into linear rewards first, so mix those with care.
-    """
-    if len(candidates) != len(dataset) or len(scores) != len(dataset):
-        raise ValueError(
-            f"add_candidates: {len(dataset)} rows but {len(candidates)} candidate lists and "
-            f"{len(scores)} score lists; give one (possibly empty) list per row."
-        )
-
-    def extend(row: dict[str, Any], index: int) -> dict[str, Any]:
-        extra, values = list(candidates[index]), [float(s) for s in scores[index]]
-        if len(extra) != len(values):
-            raise ValueError(
-                f"add_candidates: row {index} has {len(extra)} candidates but {len(values)} scores."
-            )
-        return {
-            "responses": [*row["responses"], *extra],
-            "rewards": [*row_rewards(row, index), *values],
-        }
-
-    columns = [c for c in ("ranking",) if c in dataset.column_names]
-    return dataset.map(extend, with_indices=True, remove_columns=columns)
-
-
-def sample_and_score(
-    dataset: Any,
-    model: Any,
-    tokenizer: Any,
-    score_fn: Any,
-    num_samples: int = 2,
-    max_new_tokens: int = 64,
-    temperature: float = 1.0,
-) -> tuple[list[list[str]], list[list[float]]]:
-    """Sample ``num_samples`` responses per prompt and score them with ``score_fn``.
-
-    ``score_fn`` is a TRL-style reward function ``(prompts, completions) -> list[float]``
-    (a ``RewardModelRanker``'s ``score`` method fits). Feed the result to
-    :func:`add_candidates`.
-    """
-    import torch
-
-    from .collator import render_prompt
-
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    prompts = list(dataset["prompt"])
-    texts = [render_prompt(p, tokenizer) for p in prompts]
-    device = next(model.parameters()).device
-    samples: list[list[str]] = []
-    for prompt_text in texts:
-        batch = tokenizer([prompt_text], return_tensors="pt", add_special_tokens=False).to(device)
-        with torch.no_grad():
-            out = model.generate(
-                **batch,
-                do_sample=True,
-                temperature=temperature,
-                top_k=0,
-                max_new_tokens=max_new_tokens,
-                num_return_sequences=num_samples,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        new = out[:, batch["input_ids"].shape[1] :]
-        samples.append([t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)])
-    flat_prompts = [p for p, row in zip(prompts, samples) for _ in row]
-    flat = [c for row in samples for c in row]
-    values = list(score_fn(flat_prompts, flat))
-    scores, start = [], 0
-    for row in samples:
-        scores.append([float(v) for v in values[start : start + len(row)]])
-        start += len(row)
-    return samples, scores

@@ -44,13 +44,7 @@ from .generation import (
 from .losses import get_ranking_loss
 from .metrics import CycleMetrics, RoundStats, reduce_sum, stats_to_metrics
 from .model_loading import load_model_and_tokenizer, wrap_with_peft
-from .offline import (
-    RANKED_COLUMNS,
-    RankedCollator,
-    has_ranked_columns,
-    ranked_batch_loss,
-    validate_ranked_rows,
-)
+from .offline import RANKED_COLUMNS, RankedCollator, prepare_ranked_datasets, ranked_batch_loss
 from .pool_sync import select_demonstrations, share_agreements
 from .rankers.base import BlackBoxRanker, RankRequest
 from .rankers.prompt import drop_static_demonstration
@@ -108,16 +102,8 @@ class CycleAlignTrainer(Trainer):
             )
         args._validate()  # fields may have been changed after construction
         offline = ranker is None
-        if offline:
-            columns = list(getattr(train_dataset, "column_names", None) or [])
-            if not has_ranked_columns(columns):
-                raise ValueError(
-                    "CycleAlignTrainer needs either a ranker (a BlackBoxRanker such as "
-                    "OpenAIRanker or LocalChatRanker) to run the cycle, or ranker=None with a "
-                    "train_dataset of ranked data: columns 'prompt', 'responses' and 'rewards' "
-                    f"or 'ranking' (offline PRO/RRHF). Got columns {columns}."
-                )
-            validate_ranked_rows(train_dataset)
+        if offline:  # ranked data, checked row by row now (round logs are converted)
+            train_dataset, eval_dataset = prepare_ranked_datasets(train_dataset, eval_dataset)
         elif not isinstance(ranker, BlackBoxRanker):
             raise TypeError(
                 "CycleAlignTrainer: ranker must be a BlackBoxRanker (for example OpenAIRanker or "
@@ -178,8 +164,8 @@ class CycleAlignTrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
         if self.ranker is None:  # offline: fixed ranked candidates, one update
             out = ranked_batch_loss(model, inputs, self.loss_fn, self._logits_to_keep)
-            self._metrics.add("loss/rank", float(out.rank_loss))
-            self._metrics.add("loss/sft", float(out.sft_loss))
+            self._metrics.add("loss/rank", float(out.rank_loss.detach()))
+            self._metrics.add("loss/sft", float(out.sft_loss.detach()))
             self._metrics.add("cycle/offline", 1.0)
             return self._update(model, out.loss, last=True)
         if not self.is_deepspeed_enabled:
@@ -252,6 +238,7 @@ class CycleAlignTrainer(Trainer):
                 generation_config=self.generation_config,
                 tokenizer=tokenizer,
                 eos_token_ids=self.eos_token_ids,
+                chunk_rows=args.scoring_batch_size,
             )
         _add_time(times, "generate", start)
 
@@ -412,7 +399,7 @@ class CycleAlignTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.model.training:  # evaluation adds its own metrics in evaluation_loop
             metrics = self._metrics.pop_means()
-            if metrics:
+            if metrics and self.ranker is not None:  # offline training has no ranker prompt
                 metrics["ablation/dynamic_demonstrations"] = float(
                     self.args.use_dynamic_demonstrations
                 )

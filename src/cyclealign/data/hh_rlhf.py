@@ -10,10 +10,17 @@ reason that applies, in this order:
 
 1. ``different_prefix``: chosen and rejected differ before their last assistant turn, so
    there is no single prompt for both (17 rows in the test splits);
-2. ``malformed``: no dialogue before the last assistant turn, or it does not end with a
-   human turn;
+2. ``malformed``: no dialogue before the last assistant turn, or it does not start and
+   end with a human turn;
 3. ``empty_reply``: a final reply that is empty or only whitespace (11);
 4. ``identical_replies``: the two final replies are the same text (36).
+
+A few transcripts have two turns of the same speaker in a row (an assistant turn split in
+two). Many chat templates refuse such a dialogue, so consecutive turns of one speaker are
+joined (with a blank line) into one message; the rows where that happened are listed in
+the report (``merged``; 10 rows in the test splits), not dropped. Final replies are kept
+as written, even the few where the model went on to write a ``Human:`` turn itself (that
+is a reason it was rejected).
 """
 
 from __future__ import annotations
@@ -47,12 +54,14 @@ class HHRLHFReport:
     """What :func:`load_hh_rlhf` kept and dropped, per subset.
 
     ``dropped[subset][reason]`` lists the 0-based indices of the dropped rows in that
-    subset's file.
+    subset's file; ``merged[subset]`` the kept rows whose prompt had consecutive turns of
+    one speaker joined; ``sampled[subset]`` how many rows ``num_samples`` drew.
     """
 
     rows: dict[str, int] = field(default_factory=dict)
     kept: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    merged: dict[str, list[int]] = field(default_factory=dict)
     sampled: dict[str, int] = field(default_factory=dict)
 
     def dropped_counts(self, subset: str | None = None) -> dict[str, int]:
@@ -70,6 +79,11 @@ class HHRLHFReport:
             lines.append(
                 f"{subset}: {self.rows[subset]} rows, kept {self.kept[subset]}"
                 + (f", dropped {counts}" if counts else "")
+                + (
+                    f", merged turns in {len(self.merged[subset])}"
+                    if self.merged.get(subset)
+                    else ""
+                )
                 + (f", sampled {self.sampled[subset]}" if subset in self.sampled else "")
             )
         return "HH-RLHF: " + "; ".join(lines)
@@ -85,14 +99,28 @@ def split_dialogue(transcript: str) -> list[dict[str, str]]:
     ]
 
 
+def _merge_runs(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    merged: list[dict[str, str]] = []
+    for message in messages:
+        if merged and merged[-1]["role"] == message["role"]:
+            merged[-1] = {
+                **merged[-1],
+                "content": f"{merged[-1]['content']}\n\n{message['content']}",
+            }
+        else:
+            merged.append(dict(message))
+    return merged
+
+
 def _convert(row: dict[str, str]) -> tuple[str | None, dict[str, Any] | None]:
     """(drop reason, None) or (None, converted row)."""
     chosen, rejected = row["chosen"], row["rejected"]
     c_cut, r_cut = chosen.rfind(_LAST_ASSISTANT), rejected.rfind(_LAST_ASSISTANT)
     if c_cut < 0 or r_cut < 0 or chosen[:c_cut] != rejected[:r_cut]:
         return "different_prefix", None
-    prompt = split_dialogue(chosen[:c_cut])
-    if not prompt or prompt[-1]["role"] != "user":
+    turns = split_dialogue(chosen[:c_cut])
+    prompt = _merge_runs(turns)
+    if not prompt or prompt[0]["role"] != "user" or prompt[-1]["role"] != "user":
         return "malformed", None
     chosen_reply = chosen[c_cut + len(_LAST_ASSISTANT) :].strip()
     rejected_reply = rejected[r_cut + len(_LAST_ASSISTANT) :].strip()
@@ -100,7 +128,8 @@ def _convert(row: dict[str, str]) -> tuple[str | None, dict[str, Any] | None]:
         return "empty_reply", None
     if chosen_reply == rejected_reply:
         return "identical_replies", None
-    return None, {"prompt": prompt, "chosen": chosen_reply, "rejected": rejected_reply}
+    converted = {"prompt": prompt, "chosen": chosen_reply, "rejected": rejected_reply}
+    return None, {**converted, "merged": len(prompt) < len(turns)}
 
 
 def _read_rows(source: str, subset: str, split: str) -> Iterable[dict[str, str]]:
@@ -169,15 +198,18 @@ def load_hh_rlhf(
         kept: list[dict[str, Any]] = []
         dropped: dict[str, list[int]] = {reason: [] for reason in DROP_REASONS}
         count = 0
+        merged: list[int] = []
         for index, row in enumerate(_read_rows(source, subset, split)):
             count += 1
             reason, converted = _convert(row)
             if reason is not None:
                 dropped[reason].append(index)
-            else:
-                kept.append({**converted, "subset": subset})
+                continue
+            if converted.pop("merged"):
+                merged.append(index)
+            kept.append({**converted, "subset": subset})
         report.rows[subset], report.kept[subset] = count, len(kept)
-        report.dropped[subset] = dropped
+        report.dropped[subset], report.merged[subset] = dropped, merged
         per_subset[subset] = kept
 
     if num_samples is not None:

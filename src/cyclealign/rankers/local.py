@@ -4,10 +4,14 @@ They have the black-box interface, so the trainer, the cache-free tests and the 
 CPU demo use them like any API. None of them can fail to parse: a reward gives a score
 per response, and :class:`LocalChatRanker` *chooses* among well-formed answers instead of
 generating free text (a small model rarely writes a valid permutation on its own).
+
+``usage.requests`` counts the requests ranked (one per prompt, as an API ranker makes one
+call per prompt), whatever the batching.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import inspect
 import itertools
@@ -15,14 +19,21 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
+from ..logprobs import sequence_token_logps
 from .base import BlackBoxRanker, RankRequest, RankResult, Usage
 from .prompt import RankingTemplate, render_prompt_text
 
-__all__ = ["FunctionRanker", "LocalChatRanker", "RewardModelRanker", "ranking_from_scores"]
+__all__ = [
+    "FunctionRanker",
+    "LocalChatRanker",
+    "PrefixState",
+    "RewardModelRanker",
+    "ranking_from_scores",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +62,13 @@ class FunctionRanker(BlackBoxRanker):
     """Rank by a TRL-style reward function ``(prompts, completions, **kwargs) -> list[float]``.
 
     The function (sync or ``async def``) gets one flat list of (prompt, completion) pairs
-    per call, ``batch_size`` pairs at most. A call that raises or returns the wrong number
-    of scores fails the requests it covered, never the others.
+    per call, ``batch_size`` pairs at most (a request's responses are never split across
+    calls); prompts are passed as the requests hold them (strings or chat messages),
+    completions as strings. A sync function runs in a worker thread, so a slow one does not
+    hold up the event loop other rankers share. A call that raises, returns the wrong number
+    of scores or a non-number fails the requests it covered, never the others; a ``None`` or
+    non-finite score (TRL's "no reward for this one") fails its own request. Failures are
+    counted in ``usage.failures`` and returned as ``RankResult(error=...)``, never raised.
     """
 
     def __init__(self, reward_fn: Callable[..., Any], batch_size: int | None = None) -> None:
@@ -65,12 +81,17 @@ class FunctionRanker(BlackBoxRanker):
         for chunk in _chunks_of_requests(requests, chunk_size):
             prompts = [r.prompt for r in chunk for _ in r.responses]
             completions = [c for r in chunk for c in r.responses]
-            self.usage.requests += 1
+            self.usage.requests += len(chunk)
             try:
-                scores = self.reward_fn(prompts=prompts, completions=completions)
-                if inspect.isawaitable(scores):
-                    scores = await scores
-                scores = list(scores)
+                if inspect.iscoroutinefunction(self.reward_fn):
+                    scores = await self.reward_fn(prompts=prompts, completions=completions)
+                else:
+                    scores = await asyncio.to_thread(
+                        self.reward_fn, prompts=prompts, completions=completions
+                    )
+                    if inspect.isawaitable(scores):
+                        scores = await scores
+                scores = [math.nan if s is None else float(s) for s in scores]
                 if len(scores) != len(completions):
                     raise ValueError(
                         f"returned {len(scores)} scores for {len(completions)} completions"
@@ -115,8 +136,11 @@ class RewardModelRanker(BlackBoxRanker):
     """Rank by a local ``AutoModelForSequenceClassification`` reward model.
 
     Each (prompt, response) is a chat ending with the response (the tokenizer's chat
-    template) or ``"\\n\\nHuman: ...\\n\\nAssistant: ..."`` text without one. The score is
-    logit 0 (reward models have one label; with several, label 0 is taken as "good").
+    template) or ``"\\n\\nHuman: ...\\n\\nAssistant: ..."`` text without one. Texts longer than
+    ``max_length`` tokens lose their beginning: the response, at the end, is what is judged.
+    The score is logit 0: reward models have one label; a model with several labels is
+    taken to put "good" first (for a classifier whose label 0 means "bad", wrap it in a
+    :class:`FunctionRanker` instead). Scoring runs under ``no_grad`` in eval mode.
     """
 
     def __init__(
@@ -138,6 +162,7 @@ class RewardModelRanker(BlackBoxRanker):
         self.max_length = max_length
 
     def text(self, prompt: Any, response: str) -> str:
+        """The text scored for one (prompt, response) pair."""
         messages = (
             [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         )
@@ -145,9 +170,11 @@ class RewardModelRanker(BlackBoxRanker):
             return self.tokenizer.apply_chat_template(
                 [*messages, {"role": "assistant", "content": response}], tokenize=False
             )
-        return f"\n\n{render_prompt_text(prompt)}\n\nAssistant: {response}".replace(
-            "\nuser:", "\nHuman:"
-        )
+        if isinstance(prompt, str) and prompt.lstrip().startswith("Human:"):
+            dialogue = prompt.strip()  # already HH-RLHF text
+        else:
+            dialogue = render_prompt_text(messages)
+        return f"\n\n{dialogue}\n\nAssistant: {response}"
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
@@ -156,12 +183,14 @@ class RewardModelRanker(BlackBoxRanker):
         device = next(self.model.parameters()).device
         scores: list[float] = []
         for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(
+            encoded = self.tokenizer(
                 texts[start : start + self.batch_size],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
+                # A chat template writes its own special tokens (a second BOS would skew it).
+                add_special_tokens=not self.tokenizer.chat_template,
+            ).input_ids
+            # Truncated from the left by hand: the tokenizer's own side is the caller's setting.
+            batch = self.tokenizer.pad(
+                {"input_ids": [ids[-self.max_length :] for ids in encoded]}, return_tensors="pt"
             ).to(device)
             scores += self.model(**batch).logits[:, 0].float().tolist()
         return scores
@@ -173,6 +202,20 @@ class RewardModelRanker(BlackBoxRanker):
         return _scored_results(requests, self.score(prompts, responses), self.usage)
 
 
+def _common_prefix(texts: Sequence[str]) -> str:
+    first, last = min(texts), max(texts)  # the lexicographic extremes bound every text
+    size = next((i for i, (a, b) in enumerate(zip(first, last)) if a != b), len(first))
+    return first[:size]
+
+
+class PrefixState(NamedTuple):
+    """A prefix run through the model: what scoring a continuation of it needs."""
+
+    cache: Any
+    last_logits: torch.Tensor
+    last_token: torch.Tensor
+
+
 class LocalChatRanker(BlackBoxRanker):
     """The black-box prompt, demonstrations and answer format, on an in-process chat model.
 
@@ -181,6 +224,9 @@ class LocalChatRanker(BlackBoxRanker):
     ``n <= max_permutations_n`` responses that is every permutation (exact); beyond, the
     ranking is built one position at a time, each time choosing the most likely next index
     among those left. Either way the result is a valid permutation.
+
+    The model is put in eval mode and its parameters frozen: it is a judge, so pass a
+    separate model, not the policy being trained.
 
     Args:
         model: a causal LM or a local path.
@@ -222,13 +268,26 @@ class LocalChatRanker(BlackBoxRanker):
         return ids.to(next(self.model.parameters()).device)
 
     @torch.no_grad()
-    def score_continuations(self, prefix_ids: torch.Tensor, texts: Sequence[str]) -> list[float]:
-        """Summed log-prob of each text right after ``prefix_ids`` (``[1, P]``).
+    def encode_prefix(self, ids: torch.Tensor, after: PrefixState | None = None) -> PrefixState:
+        """Run ``ids`` (``[1, P]``), after a copy of the ``after`` state when given.
+
+        The state (key/value cache, the last position's logits, the last token) lets many
+        continuations, and longer prefixes, be scored without running the prefix again.
+        """
+        cache = copy.deepcopy(after.cache) if after is not None else None
+        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
+        return PrefixState(out.past_key_values, out.logits[:, -1].float(), ids[:, -1:])
+
+    @torch.no_grad()
+    def score_continuations(
+        self, prefix: torch.Tensor | PrefixState, texts: Sequence[str]
+    ) -> list[float]:
+        """Summed log-prob of each text right after ``prefix`` (``[1, P]`` ids or a state).
 
         The prefix runs once; its key/value cache is copied for each batch of texts.
         """
-        out = self.model(input_ids=prefix_ids, use_cache=True)
-        prefix_cache, last_logits = out.past_key_values, out.logits[:, -1].float()
+        state = prefix if isinstance(prefix, PrefixState) else self.encode_prefix(prefix)
+        device = state.last_token.device
         encoded = [
             self.tokenizer(t, add_special_tokens=False).input_ids or [self.tokenizer.eos_token_id]
             for t in texts
@@ -238,58 +297,72 @@ class LocalChatRanker(BlackBoxRanker):
         for start in range(0, len(encoded), self.batch_size):
             chunk = encoded[start : start + self.batch_size]
             width = max(len(c) for c in chunk)
-            ids = torch.tensor(
-                [c + [pad] * (width - len(c)) for c in chunk], device=prefix_ids.device
-            )
+            ids = torch.tensor([c + [pad] * (width - len(c)) for c in chunk], device=device)
             mask = torch.tensor(
-                [[1] * len(c) + [0] * (width - len(c)) for c in chunk], device=prefix_ids.device
+                [[1] * len(c) + [0] * (width - len(c)) for c in chunk], device=device
             )
-            cache = copy.deepcopy(prefix_cache)
+            cache = copy.deepcopy(state.cache)
+            prefix_len = cache.get_seq_length()
             cache.batch_repeat_interleave(len(chunk))
-            full_mask = torch.cat([mask.new_ones(len(chunk), prefix_ids.shape[1]), mask], dim=1)
+            full_mask = torch.cat([mask.new_ones(len(chunk), prefix_len), mask], dim=1)
             logits = self.model(
                 input_ids=ids, attention_mask=full_mask, past_key_values=cache
             ).logits
-            # The first answer token is predicted by the prefix's last position.
-            logits = torch.cat(
-                [last_logits.expand(len(chunk), -1)[:, None], logits[:, :-1].float()], 1
+            # The first text token is predicted by the prefix's last position: prepend it,
+            # with the prefix's last token, so the usual causal shift lines everything up.
+            rows = len(chunk)
+            logits = torch.cat([state.last_logits.expand(rows, -1)[:, None], logits.float()], 1)
+            targets = torch.cat([state.last_token.expand(rows, 1), ids], dim=1)
+            logps, scored = sequence_token_logps(
+                logits, targets, torch.cat([mask.new_zeros(rows, 1), mask], dim=1)
             )
-            logps = logits.log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-            scores += (logps * mask).sum(-1).tolist()
+            scores += (logps * scored).sum(-1).tolist()
         return scores
 
     def _rank_one(self, request: RankRequest) -> RankResult:
         n = len(request.responses)
         messages, order = self.template.build_messages(request, seed=self.seed)
-        prompt_ids = self._prompt_ids(messages)
+        prompt = self.encode_prefix(self._prompt_ids(messages))
         if n <= self.max_permutations_n:
             perms = [list(p) for p in itertools.permutations(range(n))]
-            scores = self.score_continuations(
-                prompt_ids, [self.template.answer_text(p) for p in perms]
-            )
+            answers = [self.template.answer_text(p) for p in perms]
+            # The text all answers share ("### The desired ranking is: [") adds the same
+            # log-prob to each: run it once with the prompt and score only the rest.
+            shared = _common_prefix(answers) if n > 1 else ""
+            if shared:
+                ids = self.tokenizer(shared, add_special_tokens=False, return_tensors="pt")
+                prompt = self.encode_prefix(ids.input_ids.to(prompt.last_token.device), prompt)
+            scores = self.score_continuations(prompt, [a[len(shared) :] for a in answers])
+            # max() keeps the first of equal scores: ties go to the earlier permutation.
             displayed = perms[max(range(len(perms)), key=scores.__getitem__)]
         else:
-            displayed = self._greedy(prompt_ids, n)
+            displayed = self._greedy(prompt, n)
         return RankResult(
             ranking=self.template.map_back(displayed, order),
             raw_text=self.template.answer_text(displayed),
             usage=Usage(requests=1),
         )
 
-    def _greedy(self, prompt_ids: torch.Tensor, n: int) -> list[int]:
+    def _greedy(self, prompt: PrefixState, n: int) -> list[int]:
         chosen: list[int] = []
         remaining = list(range(n))
-        while remaining:
-            # The answer so far ends with "[" or ", "; score each index with what follows it.
-            prefix_text = self.template.answer_text(chosen)[:-1] + (", " if chosen else "")
-            prefix = self.tokenizer(prefix_text, add_special_tokens=False, return_tensors="pt")
-            ids = torch.cat([prompt_ids, prefix.input_ids.to(prompt_ids.device)], dim=1)
-            tail = "]" if len(remaining) == 1 else ","
-            scores = self.score_continuations(ids, [f"{i}{tail}" for i in remaining])
+        while len(remaining) > 1:
+            # The answer so far ends with "[" or ","; each candidate brings its own leading
+            # space (" 3,"), the way BPE vocabularies join a space to the word after it.
+            prefix_text = self.template.answer_text(chosen)[:-1] + ("," if chosen else "")
+            ids = self.tokenizer(prefix_text, add_special_tokens=False, return_tensors="pt")
+            state = self.encode_prefix(ids.input_ids.to(prompt.last_token.device), after=prompt)
+            space = " " if chosen else ""
+            if len(remaining) == 2:  # the last two orders are the whole rest of the answer
+                a, b = remaining
+                texts = [f"{space}{a}, {b}]", f"{space}{b}, {a}]"]
+            else:
+                texts = [f"{space}{i}," for i in remaining]
+            scores = self.score_continuations(state, texts)
             best = remaining[max(range(len(remaining)), key=scores.__getitem__)]
             chosen.append(best)
             remaining.remove(best)
-        return chosen
+        return chosen + remaining
 
     def rank(self, requests: Sequence[RankRequest]) -> list[RankResult]:
         results = []
