@@ -2,11 +2,25 @@
 
 Tests, benchmarks and examples drive it with the real ``openai`` client. Behaviour comes
 from a ``handler(body, number) -> Reply`` (``body`` is the request's JSON, ``number`` counts
-requests from 0), so one server covers valid answers, garbage, 429s, 500s, stalls and
-refusals. Every request is logged with its arrival time.
+requests from 0, retries included), so one server covers valid answers, garbage, 429s,
+500s, stalls and refusals. Every request is logged (``server.requests``: arrival time and
+body, in arrival order, thread-safe) so tests can count requests and read the prompts.
 
     with ChatServer(lambda body, n: Reply("### The desired ranking is: [1, 0]")) as server:
         ranker = OpenAIRanker("test", base_url=server.base_url)
+        ranker.rank(...)
+        assert server.count == 1
+
+In tests, the ``chat_server`` fixture of ``conftest.py`` starts one per call and stops it
+at teardown: ``server = chat_server(handler)``.
+
+Replies: ``Reply(content)`` answers; ``finish_reason="length"`` / ``"content_filter"``,
+``refusal="..."`` mimic cut or refused answers; ``status=429, headers={"Retry-After": "1"}``
+or ``status=500`` fail (with ``error_body`` as the JSON body); ``delay`` sleeps before
+answering; ``hang=True`` never answers (until the server stops), for client timeouts.
+Helpers: :func:`shown_responses` reads the responses out of a ranking prompt, and
+:func:`rank_by` builds a handler that ranks them by a key (e.g. whether a marker word is in
+the text), the judge whose answer a test can predict.
 """
 
 from __future__ import annotations
@@ -30,6 +44,7 @@ class Reply:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds before answering
+    hang: bool = False  # never answer: the client times out (released when the server stops)
     refusal: str | None = None
     error_body: dict[str, Any] | None = None
     prompt_tokens: int | None = None  # default: characters / 4 of the messages
@@ -38,11 +53,14 @@ class Reply:
 
 @dataclass
 class LoggedRequest:
+    """One request as the server received it."""
+
     received: float  # time.monotonic() on arrival
     body: dict[str, Any]
 
     @property
     def last_user_message(self) -> str:
+        """The content of the last user message (a ranking prompt's query)."""
         return [m for m in self.body["messages"] if m["role"] == "user"][-1]["content"]
 
 
@@ -62,6 +80,7 @@ class ChatServer:
         self.handler = handler
         self.requests: list[LoggedRequest] = []
         self._lock = threading.Lock()
+        self._stopped = threading.Event()
         server = self
 
         class _Handler(BaseHTTPRequestHandler):
@@ -75,6 +94,9 @@ class ChatServer:
                     number = len(server.requests)
                     server.requests.append(LoggedRequest(time.monotonic(), body))
                 reply = server.handler(body, number)
+                if reply.hang:
+                    server._stopped.wait()
+                    return  # the connection closes without an answer
                 if reply.delay:
                     time.sleep(reply.delay)
                 if reply.status != 200:
@@ -109,6 +131,7 @@ class ChatServer:
         return self
 
     def stop(self) -> None:
+        self._stopped.set()
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -120,6 +143,7 @@ class ChatServer:
 
     @property
     def count(self) -> int:
+        """Requests received so far."""
         with self._lock:
             return len(self.requests)
 

@@ -123,3 +123,20 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     build_tiny_model(tiny_tokenizer).save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def chat_server():
+    """Factory: ``chat_server(handler)`` starts a ``tests/chat_server.ChatServer`` on
+    127.0.0.1 and stops it at teardown."""
+    from chat_server import ChatServer
+
+    servers = []
+
+    def start(handler):
+        servers.append(ChatServer(handler).start())
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -1,11 +1,27 @@
-"""The SQLite answer cache."""
+"""The SQLite answer cache, alone and under OpenAIRanker in real subprocesses."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
+import textwrap
 import threading
+from pathlib import Path
 
+import pytest
+
+from chat_server import ChatServer, Reply, shown_responses
 from cyclealign.rankers.cache import RankCache, cache_key
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def by_length(body, number) -> Reply:
+    shown = shown_responses(body["messages"][-1]["content"])
+    ranking = sorted(range(len(shown)), key=lambda k: -len(shown[k]))
+    return Reply(f"### The desired ranking is: {ranking}")
 
 
 def test_put_get_and_persistence(tmp_path):
@@ -45,4 +61,94 @@ def test_threads_write_concurrently(tmp_path):
     for t in threads:
         t.join()
     assert len(cache) == 200 and cache.get("k123") == {"i": 123}
+    cache.close()
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path[:0] = [{src!r}]
+    import cyclealign.rankers.openai as module
+    from cyclealign.rankers.base import RankRequest
+
+    def die(*args, **kwargs):  # the answer is in the cache; die before reading it
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if sys.argv[3] == "kill":
+        module.parse_ranking = die
+    ranker = module.OpenAIRanker("judge", base_url=sys.argv[1], cache_path=sys.argv[2])
+    requests = [RankRequest("p%d" % i, ["a" * (i + 1), "b"]) for i in range(int(sys.argv[4]))]
+    print([r.ranking for r in ranker.rank(requests)], ranker.usage.requests)
+    """
+)
+
+
+def _run_ranker(tmp_path, server, cache, mode, count=3):
+    script = tmp_path / "rank.py"
+    script.write_text(KILL_SCRIPT.format(src=str(SRC)))
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    return subprocess.run(
+        [sys.executable, str(script), server.base_url, str(cache), mode, str(count)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+@pytest.mark.slow
+def test_sigkill_after_the_answer_costs_nothing_on_rerun(tmp_path):
+    cache = tmp_path / "answers.sqlite"
+    with ChatServer(by_length) as server:
+        killed = _run_ranker(tmp_path, server, cache, "kill", count=1)
+        assert killed.returncode == -9, killed.stderr
+        assert server.count == 1
+        rerun = _run_ranker(tmp_path, server, cache, "run", count=1)
+        assert rerun.returncode == 0, rerun.stderr
+        assert server.count == 1  # the re-run made no request
+    assert rerun.stdout.split("]]")[-1].strip() == "0"
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_cache_file(tmp_path):
+    cache = tmp_path / "answers.sqlite"
+    script = tmp_path / "rank.py"
+    script.write_text(KILL_SCRIPT.format(src=str(SRC)))
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    with ChatServer(by_length) as server:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(script), server.base_url, str(cache), "run", "20"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for _ in range(2)
+        ]
+        outs = [p.communicate(timeout=120) for p in procs]
+    for proc, (out, err) in zip(procs, outs):
+        assert proc.returncode == 0, err
+        assert "None" not in out and "locked" not in err
+    assert outs[0][0].split("]]")[0] == outs[1][0].split("]]")[0]
+
+
+def test_busy_database_is_waited_for_not_an_error(tmp_path):
+    path = tmp_path / "c.sqlite"
+    cache = RankCache(path, busy_timeout_s=5.0)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process mid-write holds the write lock
+    done = threading.Event()
+
+    def write():
+        cache.put("k", {"content": "x"})
+        done.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    assert not done.wait(0.3)  # waiting, not failing with "database is locked"
+    blocker.execute("COMMIT")
+    thread.join(5)
+    assert done.is_set() and cache.get("k") == {"content": "x"}
+    blocker.close()
     cache.close()

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
-import os
-import subprocess
-import sys
-import textwrap
+import pickle
+import socket
 import time
-from pathlib import Path
 
 import pytest
 
 from chat_server import ChatServer, Reply, rank_by, shown_responses
 from cyclealign.rankers.base import RankRequest
 from cyclealign.rankers.openai import OpenAIRanker
-
-TESTS = Path(__file__).resolve().parent
-SRC = TESTS.parent / "src"
 
 
 def answer(ranking) -> Reply:
@@ -156,7 +151,7 @@ def test_500_is_retried_then_gives_up():
 def test_stalled_response_times_out_and_others_still_succeed():
     def handler(body, number):
         if "stall" in body["messages"][-1]["content"]:
-            return Reply(answer([0, 1]).content, delay=3.0)
+            return Reply(hang=True)
         return by_length(body, number)
 
     with ChatServer(handler) as server:
@@ -169,6 +164,7 @@ def test_stalled_response_times_out_and_others_still_succeed():
     assert results[0].ranking is None and results[0].error.startswith("timeout")
     assert results[1].ranking == [0, 1]
     assert ranker.usage.failures == {"timeout": 1} and ranker.usage.retries == 1
+    assert server.count == 3  # two tries of the stalled request, one of the other
     assert elapsed < 2.5
 
 
@@ -309,75 +305,6 @@ def test_demonstrations_order_and_static_switch():
     assert len(bare) == len(with_static) - 2 and "landlord" not in json.dumps(bare)
 
 
-KILL_SCRIPT = textwrap.dedent(
-    """
-    import os, signal, sys
-    sys.path[:0] = [{src!r}]
-    import cyclealign.rankers.openai as module
-    from cyclealign.rankers.base import RankRequest
-
-    def die(*args, **kwargs):  # the answer is in the cache; die before reading it
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    if sys.argv[3] == "kill":
-        module.parse_ranking = die
-    ranker = module.OpenAIRanker("judge", base_url=sys.argv[1], cache_path=sys.argv[2])
-    requests = [RankRequest("p%d" % i, ["a" * (i + 1), "b"]) for i in range(int(sys.argv[4]))]
-    print([r.ranking for r in ranker.rank(requests)], ranker.usage.requests)
-    """
-)
-
-
-def _run_ranker(tmp_path, server, cache, mode, count=3):
-    script = tmp_path / "rank.py"
-    script.write_text(KILL_SCRIPT.format(src=str(SRC)))
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    return subprocess.run(
-        [sys.executable, str(script), server.base_url, str(cache), mode, str(count)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-
-
-@pytest.mark.slow
-def test_sigkill_after_the_answer_costs_nothing_on_rerun(tmp_path):
-    cache = tmp_path / "answers.sqlite"
-    with ChatServer(by_length) as server:
-        killed = _run_ranker(tmp_path, server, cache, "kill", count=1)
-        assert killed.returncode == -9, killed.stderr
-        assert server.count == 1
-        rerun = _run_ranker(tmp_path, server, cache, "run", count=1)
-        assert rerun.returncode == 0, rerun.stderr
-        assert server.count == 1  # the re-run made no request
-    assert rerun.stdout.split("]]")[-1].strip() == "0"
-
-
-@pytest.mark.slow
-def test_two_processes_share_one_cache_file(tmp_path):
-    cache = tmp_path / "answers.sqlite"
-    script = tmp_path / "rank.py"
-    script.write_text(KILL_SCRIPT.format(src=str(SRC)))
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    with ChatServer(by_length) as server:
-        procs = [
-            subprocess.Popen(
-                [sys.executable, str(script), server.base_url, str(cache), "run", "20"],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env=env,
-            )
-            for _ in range(2)
-        ]
-        outs = [p.communicate(timeout=120) for p in procs]
-    for proc, (out, err) in zip(procs, outs):
-        assert proc.returncode == 0, err
-        assert "None" not in out and "locked" not in err
-    assert outs[0][0].split("]]")[0] == outs[1][0].split("]]")[0]
-
-
 def test_requests_per_minute_spaces_the_requests():
     with ChatServer(by_length) as server:
         ranker = OpenAIRanker("judge", base_url=server.base_url, requests_per_minute=120)
@@ -396,3 +323,115 @@ def test_cost_estimate_uses_the_price_table():
         )
         ranker.rank(requests_for(["a", "b"], ["c", "d"]))
     assert ranker.cost_estimate() == pytest.approx((2 * 1000 * 2.0 + 2 * 200 * 10.0) / 1e6)
+
+
+def test_500_then_success():
+    replies = [Reply(status=500), Reply(status=503), answer([1, 0])]
+    with ChatServer(lambda body, n: replies[min(n, 2)]) as server:
+        ranker = OpenAIRanker("judge", base_url=server.base_url, backoff_base=0.01)
+        ranker.template.shuffle = False
+        (result,) = ranker.rank(requests_for(["a", "b"]))
+    assert result.ranking == [1, 0] and result.error is None
+    assert result.usage.retries == 2 and result.usage.requests == 3
+    assert ranker.usage.total_failures == 0
+
+
+def test_connection_refused_is_retried_then_a_connection_failure():
+    with socket.socket() as sock:  # a port nobody listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ranker = OpenAIRanker(
+        "judge", base_url=f"http://127.0.0.1:{port}/v1", max_retries=1, backoff_base=0.01
+    )
+    (result,) = ranker.rank(requests_for(["a", "b"]))
+    assert result.ranking is None and result.error == "connection after 2 attempts"
+    assert ranker.usage.failures == {"connection": 1} and ranker.usage.requests == 2
+
+
+def test_content_filter_is_a_refusal():
+    with ChatServer(lambda body, n: Reply("", finish_reason="content_filter")) as server:
+        ranker = OpenAIRanker("judge", base_url=server.base_url, structured_output=True)
+        (result,) = ranker.rank(requests_for(["a", "b"]))
+    assert result.ranking is None and "content filter" in result.error
+    assert ranker.usage.failures == {"refusal": 1}
+
+
+def test_structured_output_schema_and_json_demonstrations():
+    with ChatServer(lambda body, n: Reply('{"ranking": [0, 1]}')) as server:
+        for better in (False, True):
+            OpenAIRanker(
+                "judge",
+                base_url=server.base_url,
+                structured_output=True,
+                request_better_response=better,
+            ).rank(requests_for(["a", "b"]))
+        plain, with_better = (r.body for r in server.requests)
+    for body in (plain, with_better):
+        schema = body["response_format"]["json_schema"]["schema"]
+        # OpenAI's strict mode rejects a schema whose properties are not all required.
+        assert sorted(schema["required"]) == sorted(schema["properties"])
+        demo_answer = body["messages"][2]  # the static demonstration's answer, as JSON
+        assert demo_answer["role"] == "assistant"
+        assert sorted(json.loads(demo_answer["content"])["ranking"]) == [0, 1, 2, 3]
+    assert "better_response" not in plain["response_format"]["json_schema"]["schema"]["required"]
+    assert "better_response" in with_better["messages"][-1]["content"]
+
+
+def test_structured_output_reads_a_text_answer_without_a_repair():
+    with ChatServer(lambda body, n: answer([1, 0])) as server:
+        ranker = OpenAIRanker("judge", base_url=server.base_url, structured_output=True)
+        ranker.template.shuffle = False
+        (result,) = ranker.rank(requests_for(["a", "b"]))
+        assert server.count == 1
+    assert result.ranking == [1, 0]
+
+
+def test_a_single_response_needs_no_request():
+    with ChatServer(by_length) as server:
+        ranker = OpenAIRanker("judge", base_url=server.base_url)
+        results = ranker.rank(requests_for(["only"], ["a", "bb"]))
+        assert server.count == 1
+    assert [r.ranking for r in results] == [[0], [1, 0]]
+
+
+def test_arank_from_other_event_loops_reuses_the_background_client():
+    with ChatServer(by_length) as server:
+        ranker = OpenAIRanker("judge", base_url=server.base_url)
+        client = ranker._client
+        # Two asyncio.run calls: two loops, each awaiting the same ranker.
+        first = asyncio.run(ranker.arank(requests_for(["a", "bb"])))
+        second = asyncio.run(ranker.arank(requests_for(["ccc", "d"])))
+    assert first[0].ranking == [1, 0] and second[0].ranking == [0, 1]
+    assert ranker._client is client and ranker.usage.requests == 2
+
+
+def test_the_key_never_leaves_the_client(tmp_path, caplog):
+    secret = "sk-test-SECRET-9876543210"
+    cache = tmp_path / "answers.sqlite"
+    echo = {"error": {"message": f"bad request from key {secret}", "type": "invalid"}}
+
+    def handler(body, number):
+        if "echo" in body["messages"][-1]["content"]:
+            return Reply(status=400, error_body=echo)  # a server quoting the key back
+        return by_length(body, number)
+
+    with ChatServer(handler) as server, caplog.at_level(logging.DEBUG):
+        ranker = OpenAIRanker("judge", base_url=server.base_url, api_key=secret, cache_path=cache)
+        results = ranker.rank(requests_for(["a", "bb"], ["echo", "x"]))
+        ranker.close()
+    assert results[0].ranking == [1, 0]
+    assert results[1].ranking is None and "HTTP 400" in results[1].error
+    assert "***" in results[1].error
+    texts = [repr(ranker), str(vars(ranker)), json.dumps(ranker.state_dict()), caplog.text]
+    texts += [str(r) for r in results]
+    blobs = [pickle.dumps(ranker)]
+    blobs += [f.read_bytes() for f in tmp_path.iterdir() if f.name.startswith("answers.sqlite")]
+    assert len(blobs) >= 2
+    for text in texts:
+        assert secret not in text
+    for blob in blobs:
+        assert secret.encode() not in blob
+    # A copy cannot call the server (no key) and says so instead of failing obscurely.
+    clone = pickle.loads(pickle.dumps(ranker))
+    with pytest.raises(RuntimeError, match="pickled or copied"):
+        clone.rank(requests_for(["a", "b"]))

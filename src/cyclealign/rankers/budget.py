@@ -51,6 +51,10 @@ class RateLimiter:
         self._next = 0.0
         self._lock: asyncio.Lock | None = None
 
+    def __getstate__(self) -> dict[str, object]:
+        # The lock belongs to the loop that made it; a copy makes its own.
+        return {**self.__dict__, "_lock": None}
+
     async def wait(self) -> None:
         if not self.interval:
             return

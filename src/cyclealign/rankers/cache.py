@@ -103,6 +103,13 @@ class RankCache:
             self._retrying(lambda con: con.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Connections belong to their threads; a copy opens its own.
+        return {"path": self.path, "busy_timeout_s": self.busy_timeout_s}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], state["busy_timeout_s"])  # type: ignore[misc]
+
     def close(self) -> None:
         with self._lock:
             for con in self._connections:

@@ -24,45 +24,25 @@ import asyncio
 import copy
 import logging
 import os
-import random
 from collections.abc import Sequence
 from typing import Any
 
 import openai
 
+from ._loop import background_loop
+from ._loop import submit as _submit_coroutine
 from .base import BlackBoxRanker, RankRequest, RankResult, Usage
 from .budget import Budget, RateLimiter
 from .cache import RankCache, cache_key
 from .parsing import RankingParseError, parse_better_response, parse_ranking, parse_structured
 from .prompt import RankingTemplate
+from .retry import RequestFailure, backoff, classify
 
 __all__ = ["OpenAIRanker"]
 
 logger = logging.getLogger(__name__)
 
 _PLACEHOLDER_KEY = "EMPTY"  # vLLM, Ollama and llama.cpp accept any key
-
-_RANKING_SCHEMA = {
-    "name": "ranking",
-    "strict": True,
-    "schema": {
-        "type": "object",
-        "properties": {
-            "ranking": {"type": "array", "items": {"type": "integer"}},
-            "better_response": {"type": "string"},
-        },
-        "required": ["ranking"],
-        "additionalProperties": False,
-    },
-}
-
-
-class _Failure(Exception):
-    """A request that ended without an answer; ``kind`` goes into ``usage.failures``."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 class OpenAIRanker(BlackBoxRanker):
@@ -79,7 +59,8 @@ class OpenAIRanker(BlackBoxRanker):
         timeout: seconds per HTTP request.
         max_retries: retries per request after the first try (429, 5xx, timeouts,
             connection errors).
-        temperature, seed: sampling parameters sent to the server; ``seed`` also fixes the
+        temperature, seed: sampling parameters sent to the server (``temperature=None``:
+            not sent, for models that refuse it); ``seed`` also fixes the
             display order of the responses.
         cache_path: SQLite file of answers (``None``: no cache).
         budget_requests, budget_tokens: caps on HTTP requests and reported tokens; past them
@@ -87,11 +68,15 @@ class OpenAIRanker(BlackBoxRanker):
         template: the :class:`~cyclealign.rankers.prompt.RankingTemplate`.
         request_better_response: also ask for an improved response (``better_response``).
         structured_output: ask for JSON with ``response_format`` (a JSON schema).
-        max_tokens: completion length limit sent to the server.
+        max_tokens: completion length limit sent to the server (``None``: not sent; OpenAI's
+            reasoning models want ``extra_body={"max_completion_tokens": ...}`` instead).
         prices: USD per million tokens, ``{"prompt": p, "completion": c}``, for
             :meth:`cost_estimate`.
         extra_body: extra JSON fields for every request (server-specific options).
         backoff_base, backoff_max: exponential backoff in seconds, without ``Retry-After``.
+
+    ``usage.retries`` counts transport retries and repair requests; ``usage.requests`` every
+    HTTP request sent. A pickled or copied ranker has no key and refuses to rank.
     """
 
     def __init__(
@@ -104,7 +89,7 @@ class OpenAIRanker(BlackBoxRanker):
         requests_per_minute: float | None = None,
         timeout: float = 60.0,
         max_retries: int = 5,
-        temperature: float = 0.0,
+        temperature: float | None = 0.0,
         seed: int = 0,
         cache_path: str | os.PathLike[str] | None = None,
         budget_requests: int | None = None,
@@ -148,25 +133,40 @@ class OpenAIRanker(BlackBoxRanker):
         self.cache = RankCache(cache_path) if cache_path is not None else None
         self.budget = Budget(budget_requests, budget_tokens)
         self._limiter = RateLimiter(requests_per_minute)
-        # The key lives in a closure, not an attribute: vars(ranker) never shows it.
+        # The key lives in closures, not attributes: vars(ranker) never shows it.
         self._make_client = lambda: _new_client(key, base_url)
+        self._scrub = lambda text: str(text).replace(key, "***") if len(key) >= 8 else str(text)
         # Made now, not on the first request: building the client takes a noticeable moment
         # that would otherwise delay the first batch past the forward pass it should overlap.
         self._client: Any = self._make_client()
         self._semaphore: asyncio.Semaphore | None = None
 
     def __repr__(self) -> str:
+        cache = str(self.cache.path) if self.cache else None
         return (
             f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r}, "
-            f"max_concurrency={self.max_concurrency}, cache={str(self.cache.path) if self.cache else None!r})"
+            f"max_concurrency={self.max_concurrency}, cache={cache!r})"
         )
 
     # -- the async path -----------------------------------------------------------------------
 
     async def arank(self, requests: Sequence[RankRequest]) -> list[RankResult]:
-        if self._client is None:  # after unpickling
+        """Rank ``requests`` concurrently; results in request order, failures included.
+
+        The work always runs on the background loop of :mod:`._loop`, whichever loop awaits
+        this, because the HTTP client, the semaphore and the rate limiter belong to one loop.
+        """
+        requests = list(requests)
+        if asyncio.get_running_loop() is not background_loop():
+            return await asyncio.wrap_future(_submit_coroutine(self.arank(requests)))
+        if self._client is None:
+            if not hasattr(self, "_make_client"):
+                raise RuntimeError(
+                    "This OpenAIRanker was pickled or copied, which drops its API key on "
+                    "purpose; build a new OpenAIRanker in this process."
+                )
             self._client = self._make_client()
-        if self._semaphore is None:  # bound to the loop that first uses it: the background loop
+        if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(self.max_concurrency)
         return list(await asyncio.gather(*(self._rank_one(r) for r in requests)))
 
@@ -176,7 +176,12 @@ class OpenAIRanker(BlackBoxRanker):
         raw = ""
         try:
             if n < 1:
-                raise _Failure("empty", "a request needs at least one response")
+                raise RequestFailure("empty", "a request needs at least one response")
+            if n == 1 and not self.request_better_response:
+                # One response has one ranking: nothing to ask (or pay) for.
+                result = RankResult(ranking=[0])
+                result.usage = usage
+                return result
             messages, order = self.template.build_messages(
                 request,
                 seed=self.seed,
@@ -200,17 +205,19 @@ class OpenAIRanker(BlackBoxRanker):
                 try:
                     displayed = self._parse(answer, n)
                 except RankingParseError as final:
-                    raise _Failure(final.kind, f"unparseable answer: {final}") from None
+                    raise RequestFailure(final.kind, f"unparseable answer: {final}") from None
             ranking = self.template.map_back(displayed, order)
             better = parse_better_response(raw) if self.request_better_response else None
             result = RankResult(ranking=ranking, better_response=better, raw_text=raw)
-        except _Failure as failure:
+        except RequestFailure as failure:
             usage.failures[failure.kind] += 1
             result = RankResult(ranking=None, error=str(failure), raw_text=raw)
         except Exception as err:  # never let one request take the batch down
-            logger.exception("OpenAIRanker: unexpected error")
+            logger.error("OpenAIRanker: unexpected %s: %s", type(err).__name__, self._scrub(err))
             usage.failures["internal"] += 1
             result = RankResult(ranking=None, error=f"internal error: {type(err).__name__}")
+        if result.error is not None:
+            result.error = self._scrub(result.error)
         result.usage = usage
         self.usage.add(usage)
         return result
@@ -218,9 +225,28 @@ class OpenAIRanker(BlackBoxRanker):
     def _parse(self, answer: dict[str, Any], n: int) -> list[int]:
         if answer.get("refusal"):
             raise RankingParseError("refusal", "the model refused to rank")
-        if self.structured_output:
-            return parse_structured(answer["content"], n, answer.get("finish_reason"))
-        return parse_ranking(answer["content"], n, answer.get("finish_reason"))
+        finish_reason = answer.get("finish_reason")
+        try:
+            if self.structured_output:
+                try:
+                    return parse_structured(answer["content"], n, finish_reason)
+                except RankingParseError as err:
+                    if err.kind != "missing":
+                        raise
+                    # Servers without schema support (some llama.cpp or Ollama builds)
+                    # may answer in the text format; read it rather than pay for a repair.
+                    try:
+                        return parse_ranking(answer["content"], n, finish_reason)
+                    except RankingParseError:
+                        raise err from None
+            return parse_ranking(answer["content"], n, finish_reason)
+        except RankingParseError as err:
+            if finish_reason == "content_filter":
+                # The server's filter cut the answer: that is a refusal, whatever is left.
+                raise RankingParseError(
+                    "refusal", f"the server's content filter stopped the answer ({err})"
+                ) from None
+            raise
 
     def _repair_text(self, err: RankingParseError, n: int) -> str:
         listing = ", ".join(str(i) for i in range(n))
@@ -238,11 +264,13 @@ class OpenAIRanker(BlackBoxRanker):
     # -- one answer: cache, budget, rate limit, retries ---------------------------------------
 
     def _params(self) -> dict[str, Any]:
-        params: dict[str, Any] = {"temperature": self.temperature, "seed": self.seed}
+        params: dict[str, Any] = {"seed": self.seed}
+        if self.temperature is not None:  # reasoning models refuse any temperature
+            params["temperature"] = self.temperature
         if self.max_tokens is not None:
             params["max_tokens"] = self.max_tokens
         if self.structured_output:
-            params["response_format"] = {"type": "json_schema", "json_schema": _RANKING_SCHEMA}
+            params["response_format"] = self.template.response_format(self.request_better_response)
         if self.extra_body:
             params["extra_body"] = self.extra_body
         return params
@@ -273,39 +301,26 @@ class OpenAIRanker(BlackBoxRanker):
                     # Checked once a slot is free, so the token count of the answers that
                     # came back meanwhile is known.
                     if not self.budget.try_reserve():
-                        raise _Failure("budget", "budget exhausted")
+                        raise RequestFailure("budget", "budget exhausted")
                     await self._limiter.wait()
                     usage.requests += 1
                     response = await self._client.chat.completions.create(
                         model=self.model, messages=messages, timeout=self.timeout, **params
                     )
                 return self._record(response, usage)
-            except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
-                raise _Failure(
-                    "auth",
-                    f"the server rejected the API key (HTTP {err.status_code}); check the key "
-                    "or the base_url",
-                ) from None
-            except openai.RateLimitError as err:
-                kind, wait = "rate_limit", _retry_after(err)
-            except openai.APITimeoutError:
-                kind = "timeout"
-            except openai.APIConnectionError:
-                kind = "connection"
-            except openai.APIStatusError as err:
-                if err.status_code < 500:
-                    raise _Failure(
-                        "bad_request", f"HTTP {err.status_code}: {_short(err.message)}"
-                    ) from None
-                kind, wait = "server", _retry_after(err)
+            except openai.APIError as err:
+                try:
+                    kind, _, wait = classify(err)  # raises for what no retry can fix
+                except RequestFailure as failure:
+                    raise failure from None
             if attempt >= self.max_retries:
-                raise _Failure(kind, f"{kind} after {attempt + 1} attempts")
+                raise RequestFailure(kind, f"{kind} after {attempt + 1} attempts")
             attempt += 1
             usage.retries += 1
-            if wait is None:
-                wait = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
-                wait *= random.uniform(0.5, 1.0)  # jitter: ranks must not retry in lockstep
-            await asyncio.sleep(min(wait, self.backoff_max))
+            # The server's Retry-After wins over our schedule (it knows when quota returns).
+            await asyncio.sleep(
+                wait if wait is not None else backoff(attempt, self.backoff_base, self.backoff_max)
+            )
 
     def _record(self, response: Any, usage: Usage) -> dict[str, Any]:
         choice = response.choices[0]
@@ -347,6 +362,7 @@ class OpenAIRanker(BlackBoxRanker):
         # Pickles (e.g. a Trainer deep-copying its callbacks) must not carry the key.
         state = copy.copy(self.__dict__)
         state.pop("_make_client", None)
+        state.pop("_scrub", None)
         state["_client"] = None
         state["_semaphore"] = None
         return state
@@ -358,16 +374,3 @@ class OpenAIRanker(BlackBoxRanker):
 
 def _new_client(api_key: str, base_url: str | None) -> Any:
     return openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0)
-
-
-def _retry_after(err: Any) -> float | None:
-    try:
-        value = err.response.headers.get("retry-after")
-        return max(0.0, float(value)) if value is not None else None
-    except (AttributeError, TypeError, ValueError):
-        return None
-
-
-def _short(text: Any, limit: int = 200) -> str:
-    text = str(text)
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -4,10 +4,23 @@ A parse either returns a full permutation of ``0..n-1`` or raises
 :class:`RankingParseError` with a ``kind``; it never guesses. Accepted forms, tried in
 this order:
 
-1. the answer line ``### The desired ranking is: [i, j, ...]`` (the *last* one wins, so
+1. a JSON object ``{"ranking": [...]}`` making up the whole answer (structured output;
+   a surrounding Markdown code fence is allowed). Checked first so that a
+   ``better_response`` quoting the answer line cannot pose as the ranking;
+2. the answer line ``### The desired ranking is: [i, j, ...]`` (the *last* one wins, so
    a model that restates the format before answering is read correctly);
-2. a JSON object ``{"ranking": [...]}`` (structured output);
-3. a lone bracketed list of integers when it is the only one in the text.
+3. a bare list of integers standing alone on the answer's last non-empty line
+   (``[2, 0, 1]``, optionally followed by a full stop). A list inside a sentence is not
+   read: it may be quoted from a response, so the answer gets a repair request instead.
+
+The answer line is only looked for in the black box's *answer*. The prompt neutralises
+``###`` and the ``<response>`` tags inside response text (see :mod:`.prompt`), so a model
+quoting a response quotes no answer marker.
+
+The error ``kind`` says what went wrong: ``missing`` (no ranking found), ``not_permutation``
+(not integers, or responses left out), ``out_of_range``, ``duplicate``, ``truncated`` (the
+answer hit the length limit first: ``finish_reason == "length"``) and ``refusal`` (the model
+declined; only when no ranking was found at all).
 
 A list that is exactly ``1..n`` is rejected as ``out_of_range`` rather than shifted: it
 is as likely a 1-based answer as a wrong one, and shifting would invent a ranking.
@@ -32,6 +45,8 @@ FAILURE_KINDS = ("missing", "not_permutation", "out_of_range", "duplicate", "tru
 
 _MARKER = re.compile(r"#+\s*the\s+desired\s+ranking\s+is\s*:?\s*", re.IGNORECASE)
 _LIST = re.compile(r"\[([^\[\]]*)\]")
+_BARE = re.compile(r"\[([\d\s,]*)\]\.?")
+_FENCE = re.compile(r"^```[a-zA-Z]*\s*\n(.*)\n\s*```$", re.S)
 _BETTER = re.compile(r"#+\s*a\s+better\s+response\s+is\s*:?\s*", re.IGNORECASE)
 _REFUSAL = re.compile(
     r"\b(i\s*(?:can(?:no|')t|cannot|won't|will not|am unable|'m unable)|i'm sorry|"
@@ -83,10 +98,16 @@ def _int_list(body: str) -> list[str]:
     return [part.strip() for part in body.split(",") if part.strip()]
 
 
+def _unfence(text: str) -> str:
+    stripped = (text or "").strip()
+    match = _FENCE.match(stripped)
+    return match.group(1).strip() if match else stripped
+
+
 def parse_structured(text: str, n: int, finish_reason: str | None = None) -> list[int]:
-    """The ``ranking`` of a JSON object answer."""
+    """The ``ranking`` of a JSON object answer (``{"ranking": [...], ...}``)."""
     try:
-        data = json.loads(text)
+        data = json.loads(_unfence(text))
     except json.JSONDecodeError as err:
         kind = "truncated" if finish_reason == "length" else "missing"
         raise RankingParseError(kind, f"the answer is not complete JSON ({err.msg})") from None
@@ -96,8 +117,26 @@ def parse_structured(text: str, n: int, finish_reason: str | None = None) -> lis
 
 
 def parse_ranking(text: str, n: int, finish_reason: str | None = None) -> list[int]:
-    """The ranking in ``text`` (see module doc), as caller-independent displayed indices."""
+    """The ranking in ``text`` as displayed indices (see module doc); never a guess.
+
+    Args:
+        text: the black box's answer.
+        n: the number of responses shown.
+        finish_reason: the server's ``finish_reason``; ``"length"`` turns a missing or cut
+            answer into a ``truncated`` error.
+
+    Raises:
+        RankingParseError: with ``kind`` one of :data:`FAILURE_KINDS`.
+    """
     text = text or ""
+    unfenced = _unfence(text)
+    if unfenced.startswith("{"):
+        try:
+            data = json.loads(unfenced)
+        except json.JSONDecodeError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("ranking"), list):
+            return validate_ranking(data["ranking"], n)
     markers = list(_MARKER.finditer(text))
     if markers:
         tail = text[markers[-1].end() :]
@@ -106,12 +145,12 @@ def parse_ranking(text: str, n: int, finish_reason: str | None = None) -> list[i
             kind = "truncated" if finish_reason == "length" else "missing"
             raise RankingParseError(kind, "the answer line has no complete [..] list")
         return validate_ranking(_int_list(match.group(1)), n)
-    stripped = text.strip()
-    if stripped.startswith("{"):
-        return parse_structured(stripped, n, finish_reason)
-    lists = [m for m in _LIST.finditer(text) if re.fullmatch(r"[\d\s,]*", m.group(1))]
-    if len(lists) == 1:
-        return validate_ranking(_int_list(lists[0].group(1)), n)
+    if unfenced.startswith("{"):
+        return parse_structured(unfenced, n, finish_reason)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    bare = _BARE.fullmatch(lines[-1]) if lines else None
+    if bare is not None:
+        return validate_ranking(_int_list(bare.group(1)), n)
     if finish_reason == "length":
         raise RankingParseError("truncated", "the answer was cut off before the ranking")
     if finish_reason == "content_filter" or _REFUSAL.search(text):
@@ -124,7 +163,7 @@ def parse_ranking(text: str, n: int, finish_reason: str | None = None) -> list[i
 def parse_better_response(text: str) -> str | None:
     """The text after ``### A better response is:``, or from a JSON answer; else ``None``."""
     text = text or ""
-    stripped = text.strip()
+    stripped = _unfence(text)
     if stripped.startswith("{"):
         try:
             value = json.loads(stripped).get("better_response")

@@ -128,6 +128,9 @@ class RankingTemplate:
             control the order themselves (pairwise judging in both orders) turn it off.
         better_response_instruction: appended to the task when an improved response is
             requested.
+        structured_instruction, structured_better_instruction: appended to the task instead
+            with ``structured_output=True`` (without / with a better response); the
+            demonstrations' answers are then JSON too, so every example has the asked form.
     """
 
     instruction: str = DEFAULT_INSTRUCTION
@@ -138,6 +141,15 @@ class RankingTemplate:
     better_response_instruction: str = (
         "After the ranking line, write a response better than all of them, starting with "
         "the line\n" + BETTER_MARKER
+    )
+    structured_instruction: str = (
+        'Answer with only a JSON object {"ranking": [best, ..., worst]} listing every '
+        "response number exactly once."
+    )
+    structured_better_instruction: str = (
+        'Answer with only a JSON object {"ranking": [best, ..., worst], "better_response": '
+        '"..."} listing every response number exactly once, and in "better_response" a '
+        "response better than all of them."
     )
 
     # -- pieces -------------------------------------------------------------------------------
@@ -162,24 +174,58 @@ class RankingTemplate:
             f"Rank the {len(shown)} responses."
         )
 
-    def answer_text(self, displayed_ranking: Sequence[int]) -> str:
-        """The exact answer line for a ranking in displayed indices."""
-        return f"{ANSWER_MARKER} [{', '.join(str(int(i)) for i in displayed_ranking)}]"
+    def answer_text(self, displayed_ranking: Sequence[int], structured: bool = False) -> str:
+        """The exact answer for a ranking in displayed indices.
+
+        ``### The desired ranking is: [2, 0, 1]``, or ``{"ranking": [2, 0, 1]}`` when
+        ``structured``. :func:`~cyclealign.rankers.parsing.parse_ranking` reads both back.
+        """
+        values = [int(i) for i in displayed_ranking]
+        if structured:
+            return json.dumps({"ranking": values})
+        return f"{ANSWER_MARKER} [{', '.join(str(i) for i in values)}]"
+
+    def response_format(self, request_better_response: bool = False) -> dict[str, Any]:
+        """The ``response_format`` asking for the structured answer
+        ``{"ranking": [...], "better_response": "..."}`` (a JSON schema).
+
+        OpenAI's strict mode wants every property listed in ``required``, so
+        ``better_response`` is a property (and required) only when it is asked for.
+        """
+        properties: dict[str, Any] = {"ranking": {"type": "array", "items": {"type": "integer"}}}
+        if request_better_response:
+            properties["better_response"] = {"type": "string"}
+        schema = {
+            "type": "object",
+            "properties": properties,
+            "required": list(properties),
+            "additionalProperties": False,
+        }
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": "ranking", "strict": True, "schema": schema},
+        }
 
     @staticmethod
     def map_back(displayed_ranking: Sequence[int], order: Sequence[int]) -> list[int]:
         """A ranking in displayed indices -> the same ranking in the caller's indices."""
         return [int(order[int(k)]) for k in displayed_ranking]
 
-    def demonstration_turns(self, demo: Demonstration, seed: int = 0) -> list[dict[str, str]]:
-        """A demonstration as a user turn (its task) and an assistant turn (its answer)."""
+    def demonstration_turns(
+        self, demo: Demonstration, seed: int = 0, structured: bool = False
+    ) -> list[dict[str, str]]:
+        """A demonstration as a user turn (its task) and an assistant turn (its answer).
+
+        Its responses are shuffled like a query's and its ranking is given in the displayed
+        numbers, so the black box never sees the same answer pattern twice.
+        """
         order = self.order(demo.prompt, demo.responses, seed)
         shown = [demo.responses[i] for i in order]
         position = {caller: k for k, caller in enumerate(order)}
         displayed = [position[i] for i in demo.ranking]
         return [
             {"role": "user", "content": self.render_task(demo.prompt, shown)},
-            {"role": "assistant", "content": self.answer_text(displayed)},
+            {"role": "assistant", "content": self.answer_text(displayed, structured)},
         ]
 
     # -- the whole prompt ---------------------------------------------------------------------
@@ -196,7 +242,16 @@ class RankingTemplate:
 
         Order: instruction (system), static demonstration, the request's demonstrations in
         the order given, then the query. Returns ``(messages, order)`` where ``order[k]`` is
-        the caller index of the response shown as number ``k``.
+        the caller index of the response shown as number ``k``; parse the answer into
+        displayed numbers and pass them to :meth:`map_back`.
+
+        Args:
+            request: the prompt, its responses and its dynamic demonstrations.
+            seed: mixed into the display-order hash (the same seed, the same order).
+            request_better_response: also ask for an improved response.
+            structured_output: ask for (and demonstrate) a JSON answer.
+            use_static_demonstration: ``False`` leaves the static demonstration out for
+                this call only.
         """
         messages = [{"role": "system", "content": self.instruction}]
         demos: list[Demonstration] = []
@@ -204,14 +259,14 @@ class RankingTemplate:
             demos.append(self.static_demonstration)
         demos.extend(request.demonstrations)
         for demo in demos:
-            messages.extend(self.demonstration_turns(demo, seed))
+            messages.extend(self.demonstration_turns(demo, seed, structured_output))
         order = self.order(request.prompt, request.responses, seed)
         task = self.render_task(request.prompt, [request.responses[i] for i in order])
         if structured_output:
-            task += (
-                '\nAnswer with a JSON object {"ranking": [best, ..., worst]'
-                + (', "better_response": "..."' if request_better_response else "")
-                + "} listing every response number exactly once."
+            task += "\n" + (
+                self.structured_better_instruction
+                if request_better_response
+                else self.structured_instruction
             )
         elif request_better_response:
             task += "\n" + self.better_response_instruction
