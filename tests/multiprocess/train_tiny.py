@@ -193,6 +193,11 @@ def main() -> None:
     }
     Path(cli.out).mkdir(parents=True, exist_ok=True)
     (Path(cli.out) / f"rank{rank}.json").write_text(json.dumps(result, default=str))
+    if torch.distributed.is_initialized():
+        # Without it, gloo's threads can still be running at interpreter exit and abort the
+        # process ("terminate called without an active exception") after a good run.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
