@@ -12,6 +12,7 @@ from cyclealign.config import CycleAlignConfig
 from cyclealign.generation import (
     accepts_logits_to_keep,
     better_response_completions,
+    checkpointing_paused,
     completion_token_logps,
     eos_token_ids,
     pad_last_dim,
@@ -193,3 +194,33 @@ def test_generation_in_chunks_calls_generate_per_chunk(tiny_tokenizer):
     assert calls == [4, 2]
     assert cands.completion_ids.shape[:2] == (2, 3) and len(cands.texts) == 2
     assert cands.completion_ids.shape[2] <= 5
+
+
+def test_checkpointing_paused_keeps_the_configured_settings(tiny_tokenizer):
+    model = build_tiny_model(tiny_tokenizer)
+    # Only every second layer checkpointed (the Trainer's `every_n_layers` key).
+    model.activation_checkpointing_enable(every_n_layers=2)
+    model.train()
+    flags = [layer.gradient_checkpointing for layer in model.model.layers]
+    hooks = len(model.get_input_embeddings()._forward_hooks)
+    assert flags == [True, False]
+    with checkpointing_paused(model):
+        assert not model.is_activation_checkpointing
+        lengths = []
+        handle = model.model.layers[0].register_forward_pre_hook(
+            lambda module, args, kwargs: lengths.append(
+                (args[0] if args else kwargs["hidden_states"]).shape[1]
+            ),
+            with_kwargs=True,
+        )
+        prompt = tiny_tokenizer(["hello world"], return_tensors="pt")
+        model.generate(**prompt, do_sample=False, max_new_tokens=4, min_new_tokens=4)
+        handle.remove()
+        # In train mode with checkpointing on, generate would drop the KV cache and feed the
+        # whole sequence each step; paused, every step after the first feeds one token.
+        assert lengths[1:] == [1, 1, 1]
+    assert [layer.gradient_checkpointing for layer in model.model.layers] == flags
+    assert len(model.get_input_embeddings()._forward_hooks) == hooks
+    with pytest.raises(RuntimeError, match="inside"), checkpointing_paused(model):
+        raise RuntimeError("inside")
+    assert [layer.gradient_checkpointing for layer in model.model.layers] == flags

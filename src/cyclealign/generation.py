@@ -10,7 +10,8 @@ so tokenizers whose pad token is the EOS token work.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ __all__ = [
     "Candidates",
     "accepts_logits_to_keep",
     "better_response_completions",
+    "checkpointing_paused",
     "completion_token_logps",
     "eos_token_ids",
     "finished_response_ids",
@@ -47,6 +49,27 @@ class Candidates:
     candidate_mask: torch.Tensor  # [B, C] bool, distinct responses
     texts: list[list[str]]  # distinct response texts per prompt
     truncated: list[list[bool]]  # per distinct response: cut by max_new_tokens (no EOS)
+
+
+@contextmanager
+def checkpointing_paused(model: Any) -> Iterator[None]:
+    """Switch activation checkpointing off inside the block (for ``generate``) and back on
+    exactly as it was.
+
+    Checkpointed layers in train mode force ``use_cache=False``, which makes sampling
+    quadratic. Calling the model's checkpointing disable/enable instead would re-enable it with
+    default settings (losing transformers' ``every_n_layers``/``offload``, which then reach
+    ``torch.utils.checkpoint`` and fail) and register one more input-grad hook per call, so
+    only the per-module flags are flipped; the checkpoint functions stay as configured.
+    """
+    flagged = [m for m in model.modules() if getattr(m, "gradient_checkpointing", None) is True]
+    for module in flagged:
+        module.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for module in flagged:
+            module.gradient_checkpointing = True
 
 
 def sample_candidates(

@@ -35,6 +35,7 @@ from .cycle_targets import (
 from .generation import (
     accepts_logits_to_keep,
     better_response_completions,
+    checkpointing_paused,
     completion_token_logps,
     eos_token_ids,
     pad_last_dim,
@@ -224,11 +225,8 @@ class CycleAlignTrainer(Trainer):
         start = time.perf_counter()
         with (
             torch.no_grad(),
-            unwrap_model_for_generation(
-                model,
-                self.accelerator,
-                gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
-            ) as unwrapped,
+            checkpointing_paused(model),  # before trl's unwrap, which then leaves it alone
+            unwrap_model_for_generation(model, self.accelerator) as unwrapped,
         ):
             cands = sample_candidates(
                 unwrapped,

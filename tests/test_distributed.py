@@ -1,0 +1,228 @@
+"""Multi-process runs beyond ``test_multiprocess.py``: activation checkpointing (with
+transformers' own ``every_n_layers``) under DDP, a step where no process learns followed by
+one that does, and DeepSpeed over two processes, ZeRO-3 with really partitioned parameters.
+
+Every test launches ``tests/distributed_scripts/train_cycle.py`` as a user would (``accelerate
+launch``) and compares what each process wrote. Recipes and traps: ``docs/trainer.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tests" / "distributed_scripts" / "train_cycle.py"
+CONFIGS = ROOT / "examples" / "accelerate_configs"
+TIMEOUT_S = 420  # the first DeepSpeed launch on a machine compiles an op (~100 s)
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+# DeepSpeed keeps parameters under 1e5 elements whole by default: the tiny model would never be
+# partitioned. A threshold of 0 partitions every parameter, so generation must gather them.
+ZERO3_PARTITIONED = {
+    "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+    "gradient_accumulation_steps": 1,
+    "gradient_clipping": 1.0,
+    "train_micro_batch_size_per_gpu": "auto",
+    "train_batch_size": "auto",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def script_env() -> dict[str, str]:
+    # The code next to these tests, whichever checkout the installed package points to.
+    path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    return {
+        **os.environ,
+        "PYTHONPATH": path,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "TORCH_EXTENSIONS_DIR": os.environ.get(
+            "TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cyclealign-torch-extensions")
+        ),
+    }
+
+
+def run(command: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run to the end or for TIMEOUT_S at most; returns the exit status and the output."""
+    # Own session: on a timeout the launcher AND its workers are killed, nothing lingers.
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"{command[-1]}... hung for {TIMEOUT_S} s:\n{output[-6000:]}")
+    return proc.returncode, output
+
+
+def launch(out: Path, *script_args: str, config: Path | None = None) -> list[dict]:
+    """Two processes of the script: plain DDP (gloo), or what ``config`` says."""
+    env = script_env()
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    if config is None:
+        # Both are needed on a CPU-only machine: without ACCELERATE_USE_CPU=1 two independent
+        # rank-0 copies start, with no error.
+        env["ACCELERATE_USE_CPU"] = "1"
+        command += ["--multi_gpu"]
+    else:
+        command += ["--config_file", str(config)]
+    command += ["--num_processes", "2", "--main_process_port", str(free_port())]
+    command += [str(SCRIPT), "--out", str(out), *script_args]
+    returncode, output = run(command, env)
+    assert returncode == 0, f"launch failed ({returncode}):\n{output[-6000:]}"
+    results = [json.loads((out / f"rank{i}.json").read_text()) for i in range(2)]
+    # A wrong launch starts two unrelated single-process runs: each would say 1.
+    assert [r["num_processes"] for r in results] == [2, 2], output[-3000:]
+    assert [r["process_index"] for r in results] == [0, 1]
+    return results
+
+
+def logged(result: dict, name: str) -> list:
+    return [h[name] for h in result["log_history"] if name in h and "train_runtime" not in h]
+
+
+def assert_ranks_identical(a: dict, b: dict) -> None:
+    assert set(a["prompts_seen"]).isdisjoint(b["prompts_seen"])  # each rank its own prompts
+    assert a["final"] == b["final"], "parameters differ between ranks"
+    assert a["pool"] == b["pool"] and a["pool"]["items"], "pools differ or are empty"
+    assert logged(a, "cycle/updates") == logged(b, "cycle/updates")
+
+
+def test_ddp_with_activation_checkpointing_every_second_layer(tmp_path):
+    a, b = launch(tmp_path, "--gradient_checkpointing", "--checkpoint_every_n_layers", "2")
+    assert "MULTI_CPU" in a["distributed_type"]
+    assert_ranks_identical(a, b)
+    assert a["final"] != a["initial"]
+    assert logged(a, "cycle/updates") == [2.0, 2.0]
+    assert all(math.isfinite(v) for v in logged(a, "loss"))
+    for rank in (a, b):
+        # The settings survived every generation: only layer 0 of 2 is checkpointed, and the
+        # embedding has one input-grad hook, not one more per round.
+        assert rank["checkpointing_flags"] == [True, False]
+        assert rank["embedding_hooks"] == 1
+        calls = [tuple(c) for c in rank["layer_calls"]]
+        sampling = [c for c in calls if c[0]]
+        training = [c for c in calls if not c[0]]
+        # Generation ran unchecked and with the KV cache (one new token per call) ...
+        assert sampling and not any(flag for _, flag, _ in sampling)
+        assert sum(length == 1 for *_, length in sampling) > len(sampling) / 2
+        # ... and the training forward passes (one per round, 2 steps x 2) were checkpointed.
+        assert len(training) >= 4 and all(flag for _, flag, _ in training)
+
+
+def test_ddp_step_without_any_ranking_then_a_step_that_learns(tmp_path):
+    # Step 1: every request on both ranks fails, so its rounds run a forward with no
+    # backward anywhere. Step 2 must still train, in step, on both ranks.
+    a, b = launch(tmp_path, "--scenario", "fail_first_step")
+    assert_ranks_identical(a, b)
+    assert logged(a, "cycle/updates") == [0.0, 2.0] and a["global_step"] == 2
+    assert logged(a, "ranker/failure_rate") == [1.0, 0.0]
+    assert a["final"] != a["initial"]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    return launch(tmp_path_factory.mktemp("ddp"))
+
+
+def zero3_partitioned_config(folder: Path) -> Path:
+    (folder / "ds.json").write_text(json.dumps(ZERO3_PARTITIONED))
+    # accelerate refuses a config file next to fields it would override (mixed_precision too).
+    config = folder / "zero3_partitioned.yaml"
+    config.write_text(
+        "compute_environment: LOCAL_MACHINE\n"
+        "distributed_type: DEEPSPEED\n"
+        "deepspeed_config:\n"
+        f"  deepspeed_config_file: {folder / 'ds.json'}\n"
+        "  zero3_init_flag: true\n"
+        "num_machines: 1\n"
+        "num_processes: 2\n"
+        "machine_rank: 0\n"
+        "rdzv_backend: static\n"
+        "same_network: true\n"
+        "use_cpu: false\n"
+    )
+    return config
+
+
+@pytest.mark.parametrize("setup", ["zero2", "zero3_partitioned_checkpointing"])
+def test_deepspeed_two_processes_match_ddp(tmp_path, ddp_run, setup):
+    if setup == "zero2":
+        config, extra = CONFIGS / "zero2.yaml", []
+    else:
+        config, extra = zero3_partitioned_config(tmp_path), ["--gradient_checkpointing"]
+    # ddp_backend="gloo": DeepSpeed's gloo group on CPUs (see docs/trainer.md).
+    a, b = launch(tmp_path / "out", "--ddp_backend", "gloo", *extra, config=config)
+    assert "DEEPSPEED" in a["distributed_type"]
+    assert_ranks_identical(a, b)
+    if setup != "zero2":
+        assert a["partitioned"] > 0 and a["checkpointing_flags"] == [True, True]
+    ref = ddp_run[0]
+    # Same prompts per rank, same rounds, losses, pool and weights as plain DDP: every inner
+    # round went through DeepSpeed's engine step and gradients were averaged the same way.
+    assert [r["prompts_seen"] for r in (a, b)] == [r["prompts_seen"] for r in ddp_run]
+    assert logged(a, "cycle/updates") == logged(ref, "cycle/updates") == [2.0, 2.0]
+    assert logged(a, "loss") == pytest.approx(logged(ref, "loss"), rel=1e-5)
+    assert a["pool"] == ref["pool"]
+    assert a["final"][1] == pytest.approx(ref["final"][1], rel=1e-9)
+    assert a["final"][1] != pytest.approx(a["initial"][1], rel=1e-9)
+
+
+def test_sigkill_between_checkpoints_resumes_and_pays_nothing_twice(tmp_path):
+    """Killed after step 3 with the last checkpoint at step 2: the resumed run repeats step 3
+    from the SQLite cache (written before the kill) and pays only for step 4."""
+    from chat_server import ChatServer, rank_by
+
+    def train(out: str, server, *extra: str) -> tuple[int, str]:
+        command = [sys.executable, str(SCRIPT), "--out", str(tmp_path / out)]
+        command += ["--ranker_url", server.base_url, "--cache", str(tmp_path / f"{out}.sqlite")]
+        command += ["--steps", "4", "--save_steps", "2", *extra]
+        return run(command, script_env())
+
+    judge = rank_by(lambda text: text.count("e"))
+    with ChatServer(judge) as server:
+        code, output = train("whole", server)
+        assert code == 0, output[-6000:]
+        paid_whole = server.count
+    with ChatServer(judge) as server:
+        code, output = train("killed", server, "--kill_at_step", "3")
+        assert code == -signal.SIGKILL, output[-6000:]
+        assert not (tmp_path / "killed" / "checkpoint-3").exists()
+        paid_before_kill = server.count
+        code, output = train("killed", server, "--resume")
+        assert code == 0, output[-6000:]
+        paid_after_resume = server.count - paid_before_kill
+    whole = json.loads((tmp_path / "whole" / "rank0.json").read_text())
+    resumed = json.loads((tmp_path / "killed" / "rank0.json").read_text())
+    assert resumed["global_step"] == 4
+    assert resumed["final"] == whole["final"] != whole["initial"]
+    assert resumed["pool"] == whole["pool"]
+    assert 0 < paid_after_resume < paid_before_kill < paid_whole
+    assert paid_before_kill + paid_after_resume == paid_whole
+    # Step 3 (re-run) came from the cache, step 4 from the server.
+    requests, hits = logged(resumed, "ranker/requests"), logged(resumed, "ranker/cache_hits")
+    assert requests[-2] == 0 and hits[-2] > 0
+    assert requests[-1] > 0 and hits[-1] == 0
