@@ -3,9 +3,9 @@
 (a) bare: one batched ``generate`` of n samples per prompt, one forward+backward over all
 candidates, one optimizer step, written by hand; (b) one ``CycleAlignTrainer`` round
 (``max_rounds=1``) on the same prompts with a zero-latency in-process ranker. The overhead
-is (b) / (a), medians over steps after a warm-up. Each setting runs in its own process so
-its peak RSS (``ru_maxrss`` only grows) is its own; ``--gradient_checkpointing`` settings
-are measured the same way.
+is (b) / (a), medians over steps after a warm-up. Each setting (plain, activation
+checkpointing, ``scoring_batch_size`` of half the sequences) runs in its own process so its
+peak RSS (``ru_maxrss`` only grows) is its own.
 
     python benchmarks/cycle_overhead.py              # SmolLM2-135M (target) and a tiny model
     python benchmarks/cycle_overhead.py --models tiny
@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _report import emit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -82,13 +84,17 @@ def bare(model, tokenizer, cli) -> list[float]:
         prompt_len = batch["input_ids"].shape[1]
         mask = torch.ones_like(out)
         mask[:, :prompt_len] = batch["attention_mask"].repeat_interleave(cli.responses, 0)
-        logits = model(input_ids=out, attention_mask=mask, use_cache=False).logits
-        logps = (
-            logits[:, prompt_len - 1 : -1]
-            .log_softmax(-1)
-            .gather(-1, out[:, prompt_len:].unsqueeze(-1))
-            .squeeze(-1)
-        )
+        # As lean as a hand-written loop can be: logits only at the completion positions
+        # (the trainer does the same), so the overhead is not flattered by a full-vocabulary
+        # log-softmax over the prompt.
+        completion = out[:, prompt_len:]
+        logits = model(
+            input_ids=out,
+            attention_mask=mask,
+            use_cache=False,
+            logits_to_keep=completion.shape[1] + 1,
+        ).logits[:, :-1]
+        logps = logits.log_softmax(-1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
         (-logps.sum(-1).mean()).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -124,6 +130,7 @@ def cycle(model, tokenizer, cli) -> list[float]:
             use_better_response=False,
             disable_tqdm=True,
             gradient_checkpointing=cli.gradient_checkpointing,
+            scoring_batch_size=cli.scoring_batch_size,
             lr_scheduler_type="constant",
         )
         data = Dataset.from_dict({"prompt": (PROMPTS[: cli.prompts]) * cli.steps})
@@ -162,6 +169,39 @@ def child(cli) -> None:
     )
 
 
+def measure(cli, model: str, mode: str, gc: bool, scoring: int | None) -> dict:
+    """One setting in a fresh process, so its peak RSS is its own."""
+    command = [sys.executable, __file__, "--child", "--model", model, "--mode", mode]
+    for name in ("prompts", "responses", "max_new_tokens", "steps"):
+        command += [f"--{name}", str(getattr(cli, name))]
+    if gc:
+        command.append("--gradient_checkpointing")
+    if scoring is not None:
+        command += ["--scoring_batch_size", str(scoring)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def table_row(model: str, gc: bool, scoring: int | None, measured: dict) -> dict:
+    phases = measured["cycle"]["phases"]
+    bare_s, cycle_s = measured["bare"]["median_s"], measured["cycle"]["median_s"]
+    return {
+        "model": model,
+        "gradient checkpointing": gc,
+        "scoring_batch_size": scoring,
+        "bare step (s)": round(bare_s, 3),
+        "cycle round (s)": round(cycle_s, 3),
+        "overhead (b)/(a)": round(cycle_s / bare_s, 3),
+        "generate / forward / backward (s)": " / ".join(
+            f"{phases[k]:.3f}" for k in ("time/generate", "time/forward", "time/backward")
+        ),
+        "peak RSS bare / cycle (MiB)": f"{measured['bare']['peak_rss_mib']:.0f} / "
+        f"{measured['cycle']['peak_rss_mib']:.0f}",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["smollm2", "tiny"])
@@ -169,71 +209,36 @@ def main() -> None:
     parser.add_argument("--responses", type=int, default=4)
     parser.add_argument("--max_new_tokens", type=int, default=16)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--json", default=None, help="default: benchmarks/results/")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", default="tiny", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="bare", help=argparse.SUPPRESS)
     parser.add_argument("--gradient_checkpointing", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--scoring_batch_size", type=int, default=None, help=argparse.SUPPRESS)
     cli = parser.parse_args()
     if cli.child:
         child(cli)
         return
     rows = []
+    rows_per_batch = cli.prompts * cli.responses
+    # (gradient checkpointing, scoring_batch_size); the bare loop has no scoring_batch_size,
+    # so the third setting is compared with the first one's bare step.
+    settings = [(False, None), (True, None), (False, max(1, rows_per_batch // 2))]
     for model in cli.models:
-        for gc in (False, True):
-            measured = {}
+        bare_plain = None
+        for gc, scoring in settings:
+            measured = {"bare": bare_plain} if scoring is not None else {}
             for mode in ("bare", "cycle"):
-                command = [
-                    sys.executable,
-                    __file__,
-                    "--child",
-                    "--model",
-                    model,
-                    "--mode",
-                    mode,
-                    "--prompts",
-                    str(cli.prompts),
-                    "--responses",
-                    str(cli.responses),
-                    "--max_new_tokens",
-                    str(cli.max_new_tokens),
-                    "--steps",
-                    str(cli.steps),
-                ]
-                if gc:
-                    command.append("--gradient_checkpointing")
-                proc = subprocess.run(command, capture_output=True, text=True, timeout=900)
-                if proc.returncode != 0:
-                    raise SystemExit(proc.stderr[-3000:])
-                measured[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
-            phases = measured["cycle"]["phases"]
-            rows.append(
-                {
-                    "model": model,
-                    "gradient checkpointing": gc,
-                    "bare step (s)": round(measured["bare"]["median_s"], 3),
-                    "cycle round (s)": round(measured["cycle"]["median_s"], 3),
-                    "overhead (b)/(a)": round(
-                        measured["cycle"]["median_s"] / measured["bare"]["median_s"], 3
-                    ),
-                    "generate / forward / backward (s)": " / ".join(
-                        f"{phases[k]:.3f}"
-                        for k in ("time/generate", "time/forward", "time/backward")
-                    ),
-                    "peak RSS bare / cycle (MiB)": f"{measured['bare']['peak_rss_mib']:.0f} / "
-                    f"{measured['cycle']['peak_rss_mib']:.0f}",
-                }
-            )
-    print(
+                if mode not in measured:
+                    measured[mode] = measure(cli, model, mode, gc, scoring)
+            if not gc and scoring is None:
+                bare_plain = measured["bare"]
+            rows.append(table_row(model, gc, scoring, measured))
+    caption = (
         f"{cli.prompts} prompts x {cli.responses} responses x {cli.max_new_tokens} new tokens, "
-        f"median of {cli.steps - 1} steps after a warm-up\n"
+        f"median of {cli.steps - 1} steps after a warm-up; each setting in its own process"
     )
-    print("| " + " | ".join(rows[0]) + " |")
-    print("|" + "---|" * len(rows[0]))
-    for row in rows:
-        print("| " + " | ".join(str(v) for v in row.values()) + " |")
-    if cli.json:
-        Path(cli.json).write_text(json.dumps(rows, indent=2))
+    emit(rows, caption=caption, json_path=cli.json)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,18 @@
 """How much black-box latency a CycleAlign round hides behind its own forward pass.
 
-A local chat-completions server on 127.0.0.1 answers every ranking request after a fixed
-delay d. For each d, one CycleAlign round per step runs on the same model and batch of B
-prompts; the table puts the round's extra wall time over the zero-delay round next to d,
-next to the ideal with full overlap, max(0, d - forward time), and next to B * d (the
-cost of sequential calls). All numbers come from one run, side by side.
+A local chat-completions server on 127.0.0.1 answers every ranking request after a delay d
+that changes from step to step. One CycleAlign round per step runs on the same model and
+batch of B prompts; the table puts the round's extra wall time over the zero-delay rounds
+next to d, next to the ideal with full overlap, max(0, d - forward time), and next to B * d
+(the cost of sequential calls). Two model widths: a short forward pass dominated by Python
+(which competes with the ranker's client for the GIL) and a longer one dominated by matmuls.
 
-    python benchmarks/latency_hiding.py [--delays 0 0.25 0.5 1.0] [--prompts 8]
+    python benchmarks/latency_hiding.py [--delays 0 0.25 0.5 1.0] [--hidden 256 1024]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -28,6 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from datasets import Dataset
 
+from _report import emit
 from chat_server import ChatServer, rank_by
 from conftest import build_tiny_model, build_tiny_tokenizer
 from cyclealign import CycleAlignConfig, CycleAlignTrainer, OpenAIRanker
@@ -44,12 +45,17 @@ PROMPTS = [
 ]
 
 
-def run(delay: float, prompts: int, steps: int, hidden: int) -> dict[str, float]:
+def run(delays: list[float], prompts: int, repeats: int, hidden: int) -> dict[float, dict]:
+    """One training run in which the server's delay changes from step to step, so every
+    delay is measured on the same model, in the same process, interleaved (slow drift of a
+    shared machine hits all delays alike). The first step (delay 0) is a warm-up."""
     handler = rank_by(lambda text: text.count("e"))
+    schedule = [0.0] + [d for _ in range(repeats) for d in delays]
+    current = {"delay": 0.0}
 
     def slow(body, number):
         reply = handler(body, number)
-        reply.delay = delay
+        reply.delay = current["delay"]
         return reply
 
     tokenizer = build_tiny_tokenizer()
@@ -61,14 +67,17 @@ def run(delay: float, prompts: int, steps: int, hidden: int) -> dict[str, float]
             num_responses=4,
             max_new_tokens=16,
             max_rounds=1,
-            max_steps=steps,
-            learning_rate=1e-4,
+            max_steps=len(schedule),
+            # Small: a model that learns fast collapses to one distinct response per prompt,
+            # and a single response needs no ranking request (nothing would be measured).
+            learning_rate=1e-6,
             report_to="none",
             save_strategy="no",
             use_cpu=True,
             logging_steps=1,
+            disable_tqdm=True,
         )
-        data = Dataset.from_dict({"prompt": (PROMPTS * prompts)[: prompts * steps]})
+        data = Dataset.from_dict({"prompt": (PROMPTS * len(schedule))[: prompts * len(schedule)]})
         trainer = CycleAlignTrainer(
             model,
             args,
@@ -77,66 +86,71 @@ def run(delay: float, prompts: int, steps: int, hidden: int) -> dict[str, float]
             ranker=OpenAIRanker("bench", base_url=server.base_url, max_concurrency=prompts),
         )
         walls = []
-
-        class Timer:
-            start = 0.0
-
-        def on_step(*a, **k):
-            walls.append(time.perf_counter() - Timer.start)
-
         original = trainer.training_step
 
         def timed_step(*a, **k):
-            Timer.start = time.perf_counter()
+            current["delay"] = schedule[len(walls)]
+            start = time.perf_counter()
             loss = original(*a, **k)
-            on_step()
+            walls.append(time.perf_counter() - start)
             return loss
 
         trainer.training_step = timed_step
         trainer.train()
-    logs = [h for h in trainer.state.log_history if "time/forward" in h][1:]  # skip warm-up
-    return {
-        "step_s": statistics.median(walls[1:]),
-        "forward_s": statistics.median(h["time/forward"] for h in logs),
-        "rank_wait_s": statistics.median(h["time/rank_wait"] for h in logs),
-    }
+    logs = [h for h in trainer.state.log_history if "time/forward" in h]
+    assert len(logs) == len(walls) == len(schedule)
+    sent = [h["ranker/requests"] for h in logs]
+    if sent != [prompts] * len(schedule):
+        raise SystemExit(f"every step must send {prompts} ranking requests, sent: {sent}")
+    results = {}
+    for d in delays:
+        steps = [i for i, s in enumerate(schedule) if s == d and i > 0]
+        results[d] = {
+            "step_s": statistics.median(walls[i] for i in steps),
+            "forward_s": statistics.median(logs[i]["time/forward"] for i in steps),
+            "rank_wait_s": statistics.median(logs[i]["time/rank_wait"] for i in steps),
+        }
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--delays", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0])
     parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--hidden", type=int, default=256, help="model width: forward time")
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--repeats", type=int, default=5, help="steps per delay")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 1024], help="widths")
+    parser.add_argument("--json", default=None, help="default: benchmarks/results/")
     cli = parser.parse_args()
-    results = {d: run(d, cli.prompts, cli.steps, cli.hidden) for d in cli.delays}
-    base = results[min(cli.delays)]["step_s"]
+    delays = sorted(set(cli.delays) | {0.0})
     rows = []
-    for d, r in results.items():
-        ideal = max(0.0, d - r["forward_s"])
-        extra = r["step_s"] - base
-        rows.append(
-            {
-                "delay d (s)": d,
-                "forward (s)": round(r["forward_s"], 3),
-                "rank wait (s)": round(r["rank_wait_s"], 3),
-                "extra over d=0 (s)": round(extra, 3),
-                "ideal max(0, d - fwd)": round(ideal, 3),
-                "sequential B*d": round(cli.prompts * d, 3),
-                "within target": extra <= ideal + 0.1 * d,
-            }
-        )
-    print(
-        f"B = {cli.prompts} prompts x 4 responses, hidden size {cli.hidden}, median of "
-        f"{cli.steps - 1} steps\n"
+    for hidden in cli.hidden:
+        results = run(delays, cli.prompts, cli.repeats, hidden)
+        base = results[0.0]["step_s"]
+        for d, r in results.items():
+            ideal = max(0.0, d - r["forward_s"])
+            # The latency the round did not hide is its wait for the answers after the forward
+            # pass (the other phases do not depend on d). The step's wall time over the d=0
+            # steps says the same, with the noise of every other phase added.
+            extra = r["rank_wait_s"] - results[0.0]["rank_wait_s"]
+            rows.append(
+                {
+                    "width": hidden,
+                    "delay d (s)": d,
+                    "forward (s)": round(r["forward_s"], 3),
+                    "extra: rank wait (s)": round(extra, 3),
+                    "ideal max(0, d - fwd)": round(ideal, 3),
+                    "extra - ideal (s)": round(extra - ideal, 3),
+                    "target ideal + 0.1 d": round(ideal + 0.1 * d, 3),
+                    "within target": extra <= ideal + 0.1 * d,
+                    "step wall over d=0 (s)": round(r["step_s"] - base, 3),
+                    "sequential B*d": round(cli.prompts * d, 3),
+                }
+            )
+    caption = (
+        f"B = {cli.prompts} prompts x 4 responses; delays interleaved step by step, median of "
+        f"{cli.repeats} steps per delay after a warm-up"
     )
-    print("| " + " | ".join(rows[0]) + " |")
-    print("|" + "---|" * len(rows[0]))
-    for row in rows:
-        print("| " + " | ".join(str(v) for v in row.values()) + " |")
-    if cli.json:
-        Path(cli.json).write_text(json.dumps(rows, indent=2))
+    emit(rows, caption=caption, json_path=cli.json)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,13 @@ wall time next to the sequential cost N * d. Ratios, measured side by side in on
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from _report import emit
 from chat_server import ChatServer, Reply
 from cyclealign.rankers import OpenAIRanker, RankRequest
 
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--delay", type=float, default=0.3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
-    parser.add_argument("--json", default=None, help="also write the rows here")
+    parser.add_argument("--json", default=None, help="default: benchmarks/results/")
     cli = parser.parse_args()
 
     def slow(body, number):
@@ -50,13 +50,7 @@ def main() -> None:
                     "ideal / sequential": round(-(-cli.requests // concurrency) / cli.requests, 3),
                 }
             )
-    print(f"{cli.requests} requests, server delay {cli.delay} s\n")
-    print("| " + " | ".join(rows[0]) + " |")
-    print("|" + "---|" * len(rows[0]))
-    for row in rows:
-        print("| " + " | ".join(str(v) for v in row.values()) + " |")
-    if cli.json:
-        Path(cli.json).write_text(json.dumps(rows, indent=2))
+    emit(rows, caption=f"{cli.requests} requests, server delay {cli.delay} s", json_path=cli.json)
 
 
 if __name__ == "__main__":

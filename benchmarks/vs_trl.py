@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import statistics
@@ -29,6 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/latency_hi
 
 from datasets import Dataset
 
+from _report import emit
 from chat_server import ChatServer, Reply, rank_by
 from conftest import build_tiny_model, build_tiny_tokenizer
 
@@ -95,7 +95,7 @@ def run_cycle(server, judge, cli) -> dict[str, float]:
             max_new_tokens=cli.max_new_tokens,
             max_rounds=1,
             max_steps=cli.steps,
-            learning_rate=1e-4,
+            learning_rate=1e-6,  # small: no collapse to one distinct response
             report_to="none",
             save_strategy="no",
             use_cpu=True,
@@ -155,7 +155,7 @@ def run_grpo(server, judge, cli) -> dict[str, float]:
             num_generations=cli.samples,
             max_completion_length=cli.max_new_tokens,
             max_steps=cli.steps,
-            learning_rate=1e-4,
+            learning_rate=1e-6,  # small: no collapse to one distinct response
             report_to="none",
             save_strategy="no",
             use_cpu=True,
@@ -188,7 +188,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--max_new_tokens", type=int, default=16)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--json", default=None, help="default: benchmarks/results/")
     cli = parser.parse_args()
     judge = Judge(cli.delay)
     with ChatServer(judge) as server:
@@ -197,20 +197,33 @@ def main() -> None:
             "GRPOTrainer + pointwise judge": run_grpo(server, judge, cli),
         }
     cycle, grpo = results.values()
-    print(
+    # Fair only if every prompt was judged: one listwise request per prompt, one call per
+    # completion.
+    expected = {"cycle": cli.prompts, "grpo": cli.prompts * cli.samples}
+    if [cycle["requests"], grpo["requests"]] != list(expected.values()):
+        raise SystemExit(f"judge requests per step {cycle['requests']}, {grpo['requests']}")
+    rows = [
+        {
+            "trainer": name,
+            "wall s / step": round(r["step_s"], 3),
+            "judge requests / step": round(r["requests"], 1),
+            "judge tokens / step": round(r["tokens"]),
+        }
+        for name, r in results.items()
+    ]
+    rows.append(
+        {
+            "trainer": "ratio CycleAlign / GRPO",
+            "wall s / step": round(cycle["step_s"] / grpo["step_s"], 2),
+            "judge requests / step": round(cycle["requests"] / grpo["requests"], 2),
+            "judge tokens / step": round(cycle["tokens"] / grpo["tokens"], 2),
+        }
+    )
+    caption = (
         f"{cli.prompts} prompts x {cli.samples} samples, {cli.max_new_tokens} new tokens, "
-        f"judge delay {cli.delay} s, median of {cli.steps - 1} steps after a warm-up\n"
+        f"judge delay {cli.delay} s, median of {cli.steps - 1} steps after a warm-up"
     )
-    print("| trainer | wall s / step | judge requests / step | judge tokens / step |")
-    print("|---|---|---|---|")
-    for name, r in results.items():
-        print(f"| {name} | {r['step_s']:.3f} | {r['requests']:.1f} | {r['tokens']:.0f} |")
-    print(
-        f"| ratio CycleAlign / GRPO | {cycle['step_s'] / grpo['step_s']:.2f} | "
-        f"{cycle['requests'] / grpo['requests']:.2f} | {cycle['tokens'] / grpo['tokens']:.2f} |"
-    )
-    if cli.json:
-        Path(cli.json).write_text(json.dumps(results, indent=2))
+    emit(rows, caption=caption, json_path=cli.json)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,9 @@ class ChatServer:
         server = self
 
         class _Handler(BaseHTTPRequestHandler):
+            # Keep-alive, as every real API server does: the client reuses its connections.
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
 

@@ -1,0 +1,84 @@
+"""How every benchmark script ends: its table on stdout, and the same rows with the command
+and the machine that produced them in ``benchmarks/results/<script>.json``.
+
+``docs/benchmarks.md`` quotes the committed result files, and ``tests/test_benchmarks.py``
+checks that it quotes them exactly, so the documented numbers are the scripts' own.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cyclealign.evaluation.report import markdown_table
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    try:
+        memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        memory_gib = None
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gib": round(memory_gib) if memory_gib else None,
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+    }
+
+
+def commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def emit(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    caption: str,
+    notes: Sequence[str] = (),
+    json_path: str | None = None,
+) -> dict[str, Any]:
+    """Print ``caption``, the rows as a Markdown table and ``notes``; write them as JSON to
+    ``json_path`` (default ``benchmarks/results/<script>.json``)."""
+    script = Path(sys.argv[0]).resolve()
+    table = markdown_table(rows)
+    result = {
+        "command": shlex.join(["python", f"benchmarks/{script.name}", *sys.argv[1:]]),
+        "date": datetime.date.today().isoformat(),
+        "commit": commit(),
+        "machine": machine(),
+        "caption": caption,
+        "rows": [dict(r) for r in rows],
+        "table": table,
+        "notes": list(notes),
+    }
+    print(f"{caption}\n\n{table}")
+    for note in notes:
+        print(note)
+    path = Path(json_path) if json_path else RESULTS / f"{script.stem}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"\nwritten: {path}")
+    return result
