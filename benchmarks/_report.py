@@ -1,8 +1,10 @@
 """How every benchmark script ends: its table on stdout, and the same rows with the command
 and the machine that produced them in ``benchmarks/results/<script>.json``.
 
-``docs/benchmarks.md`` quotes the committed result files, and ``tests/test_benchmarks.py``
-checks that it quotes them exactly, so the documented numbers are the scripts' own.
+``docs/benchmarks.md`` quotes the committed result files between ``<!-- results:NAME -->``
+and ``<!-- /results:NAME -->``; ``python benchmarks/_report.py`` rewrites those blocks from
+the files, and ``tests/test_benchmarks.py`` checks that they match, so the documented numbers
+are the scripts' own.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -82,3 +85,38 @@ def emit(
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"\nwritten: {path}")
     return result
+
+
+def describe(result: Mapping[str, Any]) -> str:
+    """The block ``docs/benchmarks.md`` shows for one result file."""
+    m = result["machine"]
+    where = f"{m['cpus']} CPUs, {m['memory_gib']} GiB, torch {m['torch']}"
+    where += ", CUDA" if m["cuda"] else ", no GPU"
+    lines = [
+        f"`{result['command']}` ({where}; {result['date']}, commit {result['commit']}):",
+        "",
+        result["caption"],
+        "",
+        result["table"].rstrip("\n"),
+    ]
+    if result["notes"]:
+        lines += ["", *result["notes"]]
+    return "\n".join(lines)
+
+
+def render_docs(path: Path) -> str:
+    """``path``'s text with every results block rewritten from ``benchmarks/results/``."""
+
+    def block(match: re.Match[str]) -> str:
+        name = match.group(1)
+        result = json.loads((RESULTS / f"{name}.json").read_text())
+        return f"<!-- results:{name} -->\n{describe(result)}\n<!-- /results:{name} -->"
+
+    pattern = re.compile(r"<!-- results:(\w+) -->.*?<!-- /results:\1 -->", re.S)
+    return pattern.sub(block, path.read_text())
+
+
+if __name__ == "__main__":
+    docs = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+    docs.write_text(render_docs(docs))
+    print(f"rewritten from {RESULTS}: {docs}")

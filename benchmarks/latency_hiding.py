@@ -113,6 +113,10 @@ def run(delays: list[float], prompts: int, repeats: int, hidden: int) -> dict[fl
     return results
 
 
+def r3(value: float) -> float:
+    return round(value, 3) + 0.0  # no "-0" in the table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--delays", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0])
@@ -137,12 +141,12 @@ def main() -> None:
                     "width": hidden,
                     "delay d (s)": d,
                     "forward (s)": round(r["forward_s"], 3),
-                    "extra: rank wait (s)": round(extra, 3),
+                    "extra: rank wait (s)": r3(extra),
                     "ideal max(0, d - fwd)": round(ideal, 3),
-                    "extra - ideal (s)": round(extra - ideal, 3),
+                    "extra - ideal (s)": r3(extra - ideal),
                     "target ideal + 0.1 d": round(ideal + 0.1 * d, 3),
                     "within target": extra <= ideal + 0.1 * d,
-                    "step wall over d=0 (s)": round(r["step_s"] - base, 3),
+                    "step wall over d=0 (s)": r3(r["step_s"] - base),
                     "sequential B*d": round(cli.prompts * d, 3),
                 }
             )

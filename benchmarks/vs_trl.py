@@ -5,8 +5,10 @@ local chat-completions server answering after a delay d). CycleAlign asks for on
 ranking per prompt (1 round per step); GRPO, TRL's way to use an LLM judge since its judge
 classes were removed, scores every completion with an async reward function that makes
 one judge call per completion. GRPO's ``per_device_train_batch_size`` counts completions,
-so it is prompts x samples. Reported: wall time per step (median after a warm-up), judge
-requests and tokens per step, and the ratios.
+so it is prompts x samples. GRPO runs twice: with a one-line scoring prompt (the cheapest
+pointwise judge) and with the ranking instruction's own criteria (``cost.py``'s scoring
+instruction). Reported: wall time per step (median after a warm-up), judge requests and
+tokens per step, and the ratios.
 
     python benchmarks/vs_trl.py [--delay 0.3] [--prompts 4] [--samples 4]
 """
@@ -31,6 +33,7 @@ from datasets import Dataset
 from _report import emit
 from chat_server import ChatServer, Reply, rank_by
 from conftest import build_tiny_model, build_tiny_tokenizer
+from cost import SCORE_INSTRUCTION
 
 PROMPTS = [
     "How do I bake bread?",
@@ -58,11 +61,13 @@ class Judge:
 
     def __call__(self, body, number) -> Reply:
         content = body["messages"][-1]["content"]
-        if "<response id=" in content:
-            reply = self.ranker(body, number)
-        else:  # a pointwise score request from the GRPO reward function
-            response = content.rsplit("Response:", 1)[-1]
+        response = content.rsplit("Response:", 1)[-1]
+        if body["messages"][0]["content"] == SCORE_INSTRUCTION:  # pointwise, criteria
+            reply = Reply(f"### Score: {min(10, response.count('e'))}")
+        elif content.startswith("Rate how"):  # pointwise, one line
             reply = Reply(str(min(10, response.count("e"))))
+        else:
+            reply = self.ranker(body, number)
         reply.delay = self.delay
         chars = sum(len(m["content"]) for m in body["messages"])
         self.tokens += chars // 4 + 1 + len(reply.content) // 4 + 1
@@ -121,31 +126,36 @@ def run_cycle(server, judge, cli) -> dict[str, float]:
     }
 
 
-def run_grpo(server, judge, cli) -> dict[str, float]:
+def judge_messages(prompt: str, completion: str, criteria: bool) -> list[dict[str, str]]:
+    if not criteria:
+        return [
+            {"role": "user", "content": SCORE_PROMPT.format(prompt=prompt, completion=completion)}
+        ]
+    task = f"### Instruction:\n{prompt}\n### Response:\n{completion}\nScore the response."
+    return [
+        {"role": "system", "content": SCORE_INSTRUCTION},
+        {"role": "user", "content": task},
+    ]
+
+
+def run_grpo(server, judge, cli, criteria: bool) -> dict[str, float]:
     from openai import AsyncOpenAI
     from trl import GRPOConfig, GRPOTrainer
 
+    clients = []  # one client, made on TRL's reward loop at the first call and reused
+
     async def judge_reward(prompts, completions, **kwargs):
-        client = AsyncOpenAI(base_url=server.base_url, api_key="EMPTY", max_retries=0)
+        if not clients:
+            clients.append(AsyncOpenAI(base_url=server.base_url, api_key="EMPTY", max_retries=0))
 
         async def score(prompt, completion):
-            answer = await client.chat.completions.create(
-                model="judge",
-                temperature=0,
-                messages=[
-                    {
-                        "role": "user",
-                        "content": SCORE_PROMPT.format(prompt=prompt, completion=completion),
-                    }
-                ],
+            answer = await clients[0].chat.completions.create(
+                model="judge", temperature=0, messages=judge_messages(prompt, completion, criteria)
             )
-            match = re.search(r"\d+(\.\d+)?", answer.choices[0].message.content or "")
-            return float(match.group()) if match else None
+            numbers = re.findall(r"\d+(?:\.\d+)?", answer.choices[0].message.content or "")
+            return float(numbers[-1]) if numbers else None
 
-        try:
-            return list(await asyncio.gather(*(score(p, c) for p, c in zip(prompts, completions))))
-        finally:
-            await client.close()
+        return list(await asyncio.gather(*(score(p, c) for p, c in zip(prompts, completions))))
 
     tokenizer = build_tiny_tokenizer()
     with tempfile.TemporaryDirectory() as out:
@@ -194,14 +204,15 @@ def main() -> None:
     with ChatServer(judge) as server:
         results = {
             "CycleAlignTrainer (1 round)": run_cycle(server, judge, cli),
-            "GRPOTrainer + pointwise judge": run_grpo(server, judge, cli),
+            "GRPOTrainer + one-line pointwise judge": run_grpo(server, judge, cli, False),
+            "GRPOTrainer + pointwise judge, same criteria": run_grpo(server, judge, cli, True),
         }
-    cycle, grpo = results.values()
+    cycle, *grpos = results.values()
     # Fair only if every prompt was judged: one listwise request per prompt, one call per
     # completion.
-    expected = {"cycle": cli.prompts, "grpo": cli.prompts * cli.samples}
-    if [cycle["requests"], grpo["requests"]] != list(expected.values()):
-        raise SystemExit(f"judge requests per step {cycle['requests']}, {grpo['requests']}")
+    sent = [r["requests"] for r in results.values()]
+    if sent != [cli.prompts] + [cli.prompts * cli.samples] * 2:
+        raise SystemExit(f"judge requests per step: {sent}")
     rows = [
         {
             "trainer": name,
@@ -211,14 +222,15 @@ def main() -> None:
         }
         for name, r in results.items()
     ]
-    rows.append(
-        {
-            "trainer": "ratio CycleAlign / GRPO",
-            "wall s / step": round(cycle["step_s"] / grpo["step_s"], 2),
-            "judge requests / step": round(cycle["requests"] / grpo["requests"], 2),
-            "judge tokens / step": round(cycle["tokens"] / grpo["tokens"], 2),
-        }
-    )
+    for label, grpo in zip(("one-line judge", "same criteria"), grpos):
+        rows.append(
+            {
+                "trainer": f"ratio CycleAlign / GRPO, {label}",
+                "wall s / step": round(cycle["step_s"] / grpo["step_s"], 2),
+                "judge requests / step": round(cycle["requests"] / grpo["requests"], 2),
+                "judge tokens / step": round(cycle["tokens"] / grpo["tokens"], 2),
+            }
+        )
     caption = (
         f"{cli.prompts} prompts x {cli.samples} samples, {cli.max_new_tokens} new tokens, "
         f"judge delay {cli.delay} s, median of {cli.steps - 1} steps after a warm-up"

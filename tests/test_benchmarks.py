@@ -105,18 +105,26 @@ def test_vs_trl_counts_judge_requests_per_step(tmp_path):
     args = ["--prompts", "2", "--samples", "2", "--steps", "2", "--delay", "0.01"]
     args += ["--max_new_tokens", "4"]
     rows = run_script("vs_trl", tmp_path, *args)["rows"]
-    cycle, grpo, ratio = rows
+    cycle, short, criteria, *ratios = rows
     # CycleAlign: one listwise request per prompt; GRPO: one judge call per completion.
-    assert cycle["judge requests / step"] == 2 and grpo["judge requests / step"] == 4
-    assert ratio["judge requests / step"] == 0.5
+    assert cycle["judge requests / step"] == 2
+    assert short["judge requests / step"] == criteria["judge requests / step"] == 4
+    assert [r["judge requests / step"] for r in ratios] == [0.5, 0.5]
+    # The criteria make the pointwise prompt longer.
+    assert criteria["judge tokens / step"] > short["judge tokens / step"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_docs_quote_the_committed_results(name):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from _report import describe, render_docs
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    docs = ROOT / "docs" / "benchmarks.md"
     result = json.loads((RESULTS / f"{name}.json").read_text())
-    docs = (ROOT / "docs" / "benchmarks.md").read_text()
-    assert f"`{result['command']}`" in docs, f"docs/benchmarks.md lacks {result['command']}"
-    assert result["table"] in docs, f"docs/benchmarks.md does not quote {name}'s table"
-    assert result["caption"] in docs
-    for note in result["notes"]:
-        assert note in docs
+    # A default run (the command is the script alone), quoted in full.
+    assert result["command"] == f"python benchmarks/{name}.py"
+    block = f"<!-- results:{name} -->\n{describe(result)}\n<!-- /results:{name} -->"
+    assert block in docs.read_text(), "run `python benchmarks/_report.py` to update the docs"
+    assert render_docs(docs) == docs.read_text()
