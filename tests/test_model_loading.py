@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import build_tiny_model
-from cyclealign.model_loading import load_model_and_tokenizer, wrap_with_peft
+from cyclealign.model_loading import disable_dropout, load_model_and_tokenizer, wrap_with_peft
 
 
 def test_path_with_string_dtype_loads_model_and_tokenizer(tiny_model_dir):
@@ -40,3 +40,28 @@ def test_peft_wrapping_checks(tiny_tokenizer):
     assert trainable and all("lora_" in n for n in trainable)
     with pytest.raises(ValueError, match="merge_and_unload"):
         wrap_with_peft(wrapped, config, args)
+
+
+def test_disable_dropout_makes_training_mode_forwards_deterministic(tiny_tokenizer):
+    model = build_tiny_model(tiny_tokenizer, attention_dropout=0.5)
+    config = peft.LoraConfig(
+        r=2, lora_dropout=0.3, target_modules=["q_proj"], init_lora_weights=False
+    )
+    model = wrap_with_peft(model, config, SimpleNamespace(gradient_checkpointing=False))
+    model.train()
+    ids = tiny_tokenizer(["hello world one two three"], return_tensors="pt")["input_ids"]
+
+    def logits():
+        torch.manual_seed(len(ids[0]))  # no effect on the result unless dropout samples
+        first = model(input_ids=ids).logits
+        return first, model(input_ids=ids).logits
+
+    first, second = logits()
+    assert not torch.equal(first, second)  # dropout: the ranking's log-probs would be noise
+    # Two attention layers (functional dropout) and two LoRA dropout modules.
+    assert disable_dropout(model) == 4
+    first, second = logits()
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    model.eval()
+    torch.testing.assert_close(model(input_ids=ids).logits, first)
+    assert disable_dropout(model) == 0

@@ -574,3 +574,14 @@ def test_gradient_checkpointing_works_with_the_cycle(tmp_path, peft):
     assert all(math.isfinite(v) for v in logged(trainer, "loss/rank"))
     changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])]
     assert changed and (not peft or all("lora_" in n for n in changed))
+
+
+@pytest.mark.parametrize("disable", [True, False])
+def test_dropout_is_disabled_unless_asked_to_keep_it(tmp_path, disable):
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_model(tokenizer, attention_dropout=0.25)
+    trainer = make_trainer(
+        tmp_path, CountRanker(), tokenizer=tokenizer, model=model, disable_dropout=disable
+    )
+    rates = {layer.self_attn.attention_dropout for layer in trainer.model.model.layers}
+    assert rates == ({0.0} if disable else {0.25})

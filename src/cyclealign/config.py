@@ -37,6 +37,10 @@ class CycleAlignConfig(TrainingArguments):
             string `dtype` is turned into the `torch` dtype. With `gguf_file`, the GGUF checkpoint
             is converted once to safetensors under `output_dir/gguf-safetensors` (transformers
             cannot save a GGUF-loaded model, so checkpoints would fail otherwise).
+        disable_dropout (`bool`, *optional*, defaults to `True`):
+            Set every dropout probability of the model (adapters' included) to 0. The white-box
+            ranking compares the model's own log-likelihoods of the candidates; dropout would add
+            noise to them (and to sampling). As in TRL's `DPOConfig`.
 
         > Parameters that control the data and generation
 
@@ -161,6 +165,12 @@ class CycleAlignConfig(TrainingArguments):
         metadata={
             "help": "Keyword arguments for `AutoModelForCausalLM.from_pretrained` when `model` is a "
             'path or hub id, e.g. \'{"dtype": "bfloat16"}\'.'
+        },
+    )
+    disable_dropout: bool = field(
+        default=True,
+        metadata={
+            "help": "Set all dropout to 0: dropout would add noise to the white-box ranking."
         },
     )
 

@@ -92,3 +92,22 @@ def wrap_with_peft(model: Any, peft_config: Any, args: Any) -> Any:
         # the adapter would get no gradient.
         model.enable_input_require_grads()
     return model
+
+
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Set every dropout probability in ``model`` to 0; returns how many were non-zero.
+
+    ``nn.Dropout`` modules (GPT-2's, LoRA's) get ``p = 0``. Attention layers that apply
+    dropout functionally read a float attribute instead (``attention_dropout`` in LLaMA,
+    Qwen, Mistral, ...), which ``model.eval()`` would hide but training mode uses.
+    """
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            changed += module.p != 0
+            module.p = 0.0
+        value = getattr(module, "attention_dropout", None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            changed += value != 0
+            module.attention_dropout = 0.0
+    return int(changed)

@@ -44,7 +44,7 @@ from .generation import (
 )
 from .losses import get_ranking_loss
 from .metrics import CycleMetrics, RoundStats, reduce_sum, stats_to_metrics
-from .model_loading import load_model_and_tokenizer, wrap_with_peft
+from .model_loading import disable_dropout, load_model_and_tokenizer, wrap_with_peft
 from .offline import RANKED_COLUMNS, RankedCollator, prepare_ranked_datasets, ranked_batch_loss
 from .pool_sync import select_demonstrations, share_agreements
 from .rankers.base import BlackBoxRanker, RankRequest
@@ -115,6 +115,8 @@ class CycleAlignTrainer(Trainer):
         model, processing_class = load_model_and_tokenizer(model, args, processing_class)
         if peft_config is not None:
             model = wrap_with_peft(model, peft_config, args)
+        if args.disable_dropout:
+            disable_dropout(model)
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
 

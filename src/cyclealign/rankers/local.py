@@ -256,6 +256,15 @@ class LocalChatRanker(BlackBoxRanker):
         self.seed = seed
         self.max_permutations_n = max_permutations_n
         self.batch_size = batch_size
+        # transformers 5.24 renamed the forward's `past_key_values` to `cache` (the old name
+        # is removed in 5.40); older versions only know the old one.
+        forward = inspect.signature(self.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in forward else "past_key_values"
+
+    def _forward_with_cache(self, cache: Any, **inputs: Any) -> tuple[torch.Tensor, Any]:
+        out = self.model(**inputs, **{self._cache_arg: cache})
+        new_cache = getattr(out, "cache", None)
+        return out.logits, new_cache if new_cache is not None else out.past_key_values
 
     def _prompt_ids(self, messages: list[dict[str, str]]) -> torch.Tensor:
         if self.tokenizer.chat_template:
@@ -275,8 +284,8 @@ class LocalChatRanker(BlackBoxRanker):
         continuations, and longer prefixes, be scored without running the prefix again.
         """
         cache = copy.deepcopy(after.cache) if after is not None else None
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
-        return PrefixState(out.past_key_values, out.logits[:, -1].float(), ids[:, -1:])
+        logits, cache = self._forward_with_cache(cache, input_ids=ids, use_cache=True)
+        return PrefixState(cache, logits[:, -1].float(), ids[:, -1:])
 
     @torch.no_grad()
     def score_continuations(
@@ -305,9 +314,7 @@ class LocalChatRanker(BlackBoxRanker):
             prefix_len = cache.get_seq_length()
             cache.batch_repeat_interleave(len(chunk))
             full_mask = torch.cat([mask.new_ones(len(chunk), prefix_len), mask], dim=1)
-            logits = self.model(
-                input_ids=ids, attention_mask=full_mask, past_key_values=cache
-            ).logits
+            logits, _ = self._forward_with_cache(cache, input_ids=ids, attention_mask=full_mask)
             # The first text token is predicted by the prefix's last position: prepend it,
             # with the prefix's last token, so the usual causal shift lines everything up.
             rows = len(chunk)
