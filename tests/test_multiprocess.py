@@ -1,14 +1,17 @@
-"""Real multi-process runs on CPU: DDP (gloo), DeepSpeed ZeRO-2 and ZeRO-3, LoRA.
+"""Real multi-process runs on CPU: DDP (gloo), DeepSpeed ZeRO-2 and ZeRO-3 on one and on two
+processes (ZeRO-3 with really partitioned parameters), LoRA, activation checkpointing,
+rankers that fail, a SIGKILL between checkpoints.
 
-Each test launches ``tests/multiprocess/train_tiny.py`` the way a user would (``accelerate
-launch``) and compares what every process wrote. Recipes and traps:
-``docs/trainer.md`` and the notes on CPU distributed runs.
+Each test launches ``tests/multiprocess/train_tiny.py`` as a user would (``accelerate
+launch``) and compares what every process wrote. Recipes and traps: ``docs/trainer.md``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,8 +22,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "multiprocess" / "train_tiny.py"
 CONFIGS = ROOT / "examples" / "accelerate_configs"
+TIMEOUT_S = 420  # the first DeepSpeed launch on a machine compiles an op (~100 s)
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+# DeepSpeed keeps parameters under 1e5 elements whole by default: the tiny model would never be
+# partitioned. A threshold of 0 partitions every parameter, so generation must gather them.
+ZERO3_PARTITIONED = {
+    "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+    "gradient_accumulation_steps": 1,
+    "gradient_clipping": 1.0,
+    "train_micro_batch_size_per_gpu": "auto",
+    "train_batch_size": "auto",
+}
 
 
 def free_port() -> int:
@@ -29,53 +43,97 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(out: Path, *script_args: str, processes: int = 1, config: str | None = None) -> list:
-    env = {
+def script_env() -> dict[str, str]:
+    # The code next to these tests, whichever checkout the installed package points to.
+    path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    return {
         **os.environ,
+        "PYTHONPATH": path,
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
         # DeepSpeed compiles a communication op once (~100 s); keep it between runs.
         "TORCH_EXTENSIONS_DIR": os.environ.get(
             "TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cyclealign-torch-extensions")
         ),
-        "OMP_NUM_THREADS": "1",
     }
-    command = [sys.executable, "-m", "accelerate.commands.launch"]
-    if config:
-        command += ["--config_file", str(CONFIGS / config)]
-    elif processes > 1:
-        # Both are needed on a CPU-only machine: without ACCELERATE_USE_CPU=1 two
-        # independent rank-0 copies start, with no error.
-        env["ACCELERATE_USE_CPU"] = "1"
-        command += ["--multi_gpu", "--num_processes", str(processes)]
-    else:
-        command += ["--num_processes", "1"]
-    command += ["--main_process_port", str(free_port()), str(SCRIPT), "--out", str(out)]
-    proc = subprocess.run(
-        [*command, *script_args], capture_output=True, text=True, timeout=420, env=env
+
+
+def run(command: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run to the end or for TIMEOUT_S at most; returns the exit status and the output."""
+    # Own session: on a timeout the launcher AND its workers are killed, nothing lingers.
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
     )
-    assert proc.returncode == 0, f"launch failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    try:
+        output, _ = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"{command[-1]}... hung for {TIMEOUT_S} s:\n{output[-6000:]}")
+    return proc.returncode, output
+
+
+def launch(out: Path, *script_args: str, processes: int = 2, config: Path | None = None) -> list:
+    """``processes`` processes of the script: plain DDP (gloo), or what ``config`` says."""
+    env = script_env()
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    if config is not None:
+        command += ["--config_file", str(config)]
+    elif processes > 1:
+        # Both are needed on a CPU-only machine: without ACCELERATE_USE_CPU=1 two independent
+        # rank-0 copies start, with no error.
+        env["ACCELERATE_USE_CPU"] = "1"
+        command += ["--multi_gpu"]
+    command += ["--num_processes", str(processes), "--main_process_port", str(free_port())]
+    command += [str(SCRIPT), "--out", str(out), *script_args]
+    returncode, output = run(command, env)
+    assert returncode == 0, f"launch failed ({returncode}):\n{output[-6000:]}"
     results = [json.loads((out / f"rank{i}.json").read_text()) for i in range(processes)]
-    assert [r["num_processes"] for r in results] == [processes] * processes
+    # A wrong launch starts unrelated single-process runs: each would say 1.
+    assert [r["num_processes"] for r in results] == [processes] * processes, output[-3000:]
+    assert [r["process_index"] for r in results] == list(range(processes))
     return results
 
 
-def updates(result) -> list:
-    return [h["cycle/updates"] for h in result["log_history"] if "cycle/updates" in h]
+def logged(result: dict, name: str) -> list:
+    return [h[name] for h in result["log_history"] if name in h and "train_runtime" not in h]
 
 
-def test_ddp_two_processes_stay_identical(tmp_path):
-    ranks = launch(tmp_path, processes=2)
-    a, b = ranks
+def updates(result: dict) -> list:
+    return logged(result, "cycle/updates")
+
+
+def assert_ranks_identical(a: dict, b: dict) -> None:
+    assert set(a["prompts_seen"]).isdisjoint(b["prompts_seen"])  # each rank its own prompts
+    assert a["final"] == b["final"], "parameters differ between ranks"
+    assert a["pool"] == b["pool"] and a["pool"]["items"], "pools differ or are empty"
+    assert updates(a) == updates(b)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    return launch(tmp_path_factory.mktemp("ddp"))
+
+
+# -- DDP ---------------------------------------------------------------------------------------
+
+
+def test_ddp_two_processes_stay_identical(ddp_run):
+    a, b = ddp_run
     assert "MULTI_CPU" in a["distributed_type"]
-    assert set(a["prompts_seen"]).isdisjoint(b["prompts_seen"])  # each its own prompts
-    assert a["final"] == b["final"] and a["final"] != a["initial"]
-    assert a["pool"] == b["pool"] and a["pool"]["items"]
+    assert_ranks_identical(a, b)
+    assert a["final"] != a["initial"]
     assert updates(a) == [2.0, 2.0] and a["global_step"] == 2
 
 
 def test_ddp_one_rank_failing_while_the_other_agrees_finishes(tmp_path):
-    a, b = launch(tmp_path, "--scenario", "one_fails", processes=2)
+    a, b = launch(tmp_path, "--scenario", "one_fails")
     assert a["final"] == b["final"] and a["final"] != a["initial"]
     assert a["pool"] == b["pool"]
     # Rank 1's failed prompts never count as agreeing, so no early stop: both ranks ran
@@ -84,26 +142,61 @@ def test_ddp_one_rank_failing_while_the_other_agrees_finishes(tmp_path):
 
 
 def test_ddp_no_usable_ranking_anywhere_changes_nothing(tmp_path):
-    a, b = launch(tmp_path, "--scenario", "all_fail", processes=2)
+    a, b = launch(tmp_path, "--scenario", "all_fail")
     assert a["final"] == b["final"] == a["initial"]
     assert updates(a) == [0.0, 0.0] and a["global_step"] == 2
 
 
 def test_ddp_lora_trains_only_the_adapter(tmp_path):
-    a, b = launch(tmp_path, "--peft", processes=2)
+    a, b = launch(tmp_path, "--peft")
     assert a["final"] == b["final"] and a["final"] != a["initial"]
     assert a["base_unchanged"] is True and b["base_unchanged"] is True
     assert a["pool"] == b["pool"]
 
 
+def test_ddp_with_activation_checkpointing_every_second_layer(tmp_path):
+    a, b = launch(tmp_path, "--gradient_checkpointing", "--checkpoint_every_n_layers", "2")
+    assert "MULTI_CPU" in a["distributed_type"]
+    assert_ranks_identical(a, b)
+    assert a["final"] != a["initial"]
+    assert logged(a, "cycle/updates") == [2.0, 2.0]
+    assert all(math.isfinite(v) for v in logged(a, "loss"))
+    for rank in (a, b):
+        # The settings survived every generation: only layer 0 of 2 is checkpointed, and the
+        # embedding has one input-grad hook, not one more per round.
+        assert rank["checkpointing_flags"] == [True, False]
+        assert rank["embedding_hooks"] == 1
+        calls = [tuple(c) for c in rank["layer_calls"]]
+        sampling = [c for c in calls if c[0]]
+        training = [c for c in calls if not c[0]]
+        # Generation ran unchecked and with the KV cache (one new token per call) ...
+        assert sampling and not any(flag for _, flag, _ in sampling)
+        assert sum(length == 1 for *_, length in sampling) > len(sampling) / 2
+        # ... and the training forward passes (one per round, 2 steps x 2) were checkpointed.
+        assert len(training) >= 4 and all(flag for _, flag, _ in training)
+
+
+def test_ddp_step_without_any_ranking_then_a_step_that_learns(tmp_path):
+    # Step 1: every request on both ranks fails, so its rounds run a forward with no
+    # backward anywhere. Step 2 must still train, in step, on both ranks.
+    a, b = launch(tmp_path, "--scenario", "fail_first_step")
+    assert_ranks_identical(a, b)
+    assert logged(a, "cycle/updates") == [0.0, 2.0] and a["global_step"] == 2
+    assert logged(a, "ranker/failure_rate") == [1.0, 0.0]
+    assert a["final"] != a["initial"]
+
+
+# -- DeepSpeed ---------------------------------------------------------------------------------
+
+
 @pytest.fixture(scope="module")
 def plain_run(tmp_path_factory):
-    return launch(tmp_path_factory.mktemp("plain"))[0]
+    return launch(tmp_path_factory.mktemp("plain"), processes=1)[0]
 
 
 @pytest.mark.parametrize("config", ["zero2.yaml", "zero3.yaml"])
 def test_deepspeed_inner_rounds_match_the_plain_run(tmp_path, plain_run, config):
-    (ds,) = launch(tmp_path, config=config)
+    (ds,) = launch(tmp_path, processes=1, config=CONFIGS / config)
     assert "DEEPSPEED" in ds["distributed_type"]
     # Two rounds a step, each an optimizer update through DeepSpeed's engine step: the
     # same losses, weights and pool as the plain run.
@@ -116,46 +209,81 @@ def test_deepspeed_inner_rounds_match_the_plain_run(tmp_path, plain_run, config)
     assert ds["pool"] == plain_run["pool"]
 
 
-def run_script(*script_args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *script_args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
+def zero3_partitioned_config(folder: Path) -> Path:
+    (folder / "ds.json").write_text(json.dumps(ZERO3_PARTITIONED))
+    # accelerate refuses a config file next to fields it would override (mixed_precision too).
+    config = folder / "zero3_partitioned.yaml"
+    config.write_text(
+        "compute_environment: LOCAL_MACHINE\n"
+        "distributed_type: DEEPSPEED\n"
+        "deepspeed_config:\n"
+        f"  deepspeed_config_file: {folder / 'ds.json'}\n"
+        "  zero3_init_flag: true\n"
+        "num_machines: 1\n"
+        "num_processes: 2\n"
+        "machine_rank: 0\n"
+        "rdzv_backend: static\n"
+        "same_network: true\n"
+        "use_cpu: false\n"
     )
+    return config
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result_without_paying_twice(tmp_path):
+@pytest.mark.parametrize("setup", ["zero2", "zero3_partitioned_checkpointing"])
+def test_deepspeed_two_processes_match_ddp(tmp_path, ddp_run, setup):
+    if setup == "zero2":
+        config, extra = CONFIGS / "zero2.yaml", []
+    else:
+        config, extra = zero3_partitioned_config(tmp_path), ["--gradient_checkpointing"]
+    # ddp_backend="gloo": DeepSpeed's gloo group on CPUs (see docs/trainer.md).
+    a, b = launch(tmp_path / "out", "--ddp_backend", "gloo", *extra, config=config)
+    assert "DEEPSPEED" in a["distributed_type"]
+    assert_ranks_identical(a, b)
+    if setup != "zero2":
+        assert a["partitioned"] > 0 and a["checkpointing_flags"] == [True, True]
+    ref = ddp_run[0]
+    # Same prompts per rank, same rounds, losses, pool and weights as plain DDP: every inner
+    # round went through DeepSpeed's engine step and gradients were averaged the same way.
+    assert [r["prompts_seen"] for r in (a, b)] == [r["prompts_seen"] for r in ddp_run]
+    assert logged(a, "cycle/updates") == logged(ref, "cycle/updates") == [2.0, 2.0]
+    assert logged(a, "loss") == pytest.approx(logged(ref, "loss"), rel=1e-5)
+    assert a["pool"] == ref["pool"]
+    assert a["final"][1] == pytest.approx(ref["final"][1], rel=1e-9)
+    assert a["final"][1] != pytest.approx(a["initial"][1], rel=1e-9)
+
+
+def test_sigkill_between_checkpoints_resumes_and_pays_nothing_twice(tmp_path):
+    """Killed after step 3 with the last checkpoint at step 2: the resumed run repeats step 3
+    from the SQLite cache (written before the kill) and pays only for step 4."""
     from chat_server import ChatServer, rank_by
 
-    common = ["--steps", "4", "--save_steps", "2", "--max_rounds", "2"]
-    with ChatServer(rank_by(lambda text: text.count("e"))) as server:
-        whole = run_script(
-            "--out",
-            str(tmp_path / "whole"),
-            "--ranker_url",
-            server.base_url,
-            "--cache",
-            str(tmp_path / "whole.sqlite"),
-            *common,
-        )
-        assert whole.returncode == 0, whole.stderr[-4000:]
+    def train(out: str, server, *extra: str) -> tuple[int, str]:
+        command = [sys.executable, str(SCRIPT), "--out", str(tmp_path / out)]
+        command += ["--ranker_url", server.base_url, "--cache", str(tmp_path / f"{out}.sqlite")]
+        command += ["--steps", "4", "--save_steps", "2", *extra]
+        return run(command, script_env())
+
+    judge = rank_by(lambda text: text.count("e"))
+    with ChatServer(judge) as server:
+        code, output = train("whole", server)
+        assert code == 0, output[-6000:]
         paid_whole = server.count
-    with ChatServer(rank_by(lambda text: text.count("e"))) as server:
-        out, cache = tmp_path / "killed", tmp_path / "killed.sqlite"
-        args = ["--out", str(out), "--ranker_url", server.base_url, "--cache", str(cache)]
-        killed = run_script(*args, *common, "--kill_after_save", "2")
-        assert killed.returncode == -9, killed.stderr[-4000:]
-        assert (out / "checkpoint-2").is_dir() and not (out / "rank0.json").exists()
+    with ChatServer(judge) as server:
+        code, output = train("killed", server, "--kill_at_step", "3")
+        assert code == -signal.SIGKILL, output[-6000:]
+        assert not (tmp_path / "killed" / "checkpoint-3").exists()
         paid_before_kill = server.count
-        resumed = run_script(*args, *common, "--resume")
-        assert resumed.returncode == 0, resumed.stderr[-4000:]
+        code, output = train("killed", server, "--resume")
+        assert code == 0, output[-6000:]
         paid_after_resume = server.count - paid_before_kill
-    a = json.loads((tmp_path / "whole" / "rank0.json").read_text())
-    b = json.loads((out / "rank0.json").read_text())
-    assert b["final"] == a["final"] and b["pool"] == a["pool"] and b["global_step"] == 4
-    # Steps 1-2 were paid once, before the kill; the resumed run paid only for steps 3-4.
-    assert 0 < paid_before_kill < paid_whole
+    whole = json.loads((tmp_path / "whole" / "rank0.json").read_text())
+    resumed = json.loads((tmp_path / "killed" / "rank0.json").read_text())
+    assert resumed["global_step"] == 4
+    assert resumed["final"] == whole["final"] != whole["initial"]
+    assert resumed["pool"] == whole["pool"]
+    assert 0 < paid_after_resume < paid_before_kill < paid_whole
     assert paid_before_kill + paid_after_resume == paid_whole
+    # Step 3 (re-run) came from the cache, step 4 from the server.
+    requests, hits = logged(resumed, "ranker/requests"), logged(resumed, "ranker/cache_hits")
+    assert requests[-2] == 0 and hits[-2] > 0
+    assert requests[-1] > 0 and hits[-1] == 0

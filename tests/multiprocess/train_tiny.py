@@ -1,12 +1,16 @@
-"""Train the tiny test model with a scripted ranker, on however many processes launched us.
+"""Train the tiny test model with a scripted ranker, on however many processes launched us
+(plain DDP, DeepSpeed ZeRO-2/3, LoRA, activation checkpointing, rankers that fail, a SIGKILL
+between checkpoints).
 
 Each process writes ``<out>/rank<i>.json``: a checksum of every parameter, the pool's state,
-the prompts it saw and what the run logged, for the test to compare across processes.
+the prompts it saw, what the run logged and how the checkpointed layers were called, for
+``tests/test_multiprocess.py`` to compare across processes and runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -19,6 +23,8 @@ import torch
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
+
+from transformers import TrainerCallback  # noqa: E402
 
 from conftest import build_tiny_model, build_tiny_tokenizer  # noqa: E402
 from cyclealign import CycleAlignConfig, CycleAlignTrainer  # noqa: E402
@@ -54,6 +60,21 @@ class Failing(PreferE):
     def rank(self, requests):
         super().rank(requests)
         return [RankResult(None, error="scripted failure") for _ in requests]
+
+
+class FailsFirstStep(PreferE):
+    """Fails every request of the first training step, then ranks: on every process the
+    rounds of step 1 run a forward pass with no backward anywhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.trainer = None
+
+    def rank(self, requests):
+        results = super().rank(requests)
+        if self.trainer.state.global_step == 0:
+            return [RankResult(None, error="scripted outage") for _ in requests]
+        return results
 
 
 class EchoWhitebox(PreferE):
@@ -97,18 +118,56 @@ def tensor_sums(model) -> list[float]:
     return sorted(float(p.detach().double().sum()) for p in model.parameters())
 
 
+class LayerProbe:
+    """Records, per call of the first decoder layer, whether it ran without gradients
+    (generation), its checkpointing flag and its sequence length (1 = KV cache in use)."""
+
+    def __init__(self, layer):
+        self.calls: list[tuple[bool, bool, int]] = []
+        layer.register_forward_pre_hook(self._record, with_kwargs=True)
+
+    def _record(self, module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        self.calls.append(
+            (not torch.is_grad_enabled(), bool(module.gradient_checkpointing), hidden.shape[1])
+        )
+
+
+class KillAtStep(TrainerCallback):
+    """SIGKILL (no cleanup, like a lost machine) when a given step ends."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def gathered(trainer):
+    """Full parameters on every process: under ZeRO-3 they are partitioned between steps."""
+    if not trainer.is_deepspeed_enabled:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(trainer.model.parameters()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
-    parser.add_argument("--scenario", default="prefer", choices=["prefer", "one_fails", "all_fail"])
+    scenarios = ["prefer", "one_fails", "all_fail", "fail_first_step"]
+    parser.add_argument("--scenario", default="prefer", choices=scenarios)
     parser.add_argument("--peft", action="store_true")
+    parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--checkpoint_every_n_layers", type=int, default=1)
     parser.add_argument("--max_rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--ddp_backend", default=None)
     parser.add_argument("--ranker_url", default=None, help="rank through OpenAIRanker here")
     parser.add_argument("--cache", default=None, help="the OpenAIRanker's SQLite cache")
     parser.add_argument("--save_steps", type=int, default=0)
-    parser.add_argument("--kill_after_save", type=int, default=0, help="SIGKILL after it")
+    parser.add_argument("--kill_at_step", type=int, default=0, help="SIGKILL when it ends")
     parser.add_argument("--resume", action="store_true")
     cli = parser.parse_args()
 
@@ -116,6 +175,9 @@ def main() -> None:
     model = build_tiny_model(tokenizer, seed=0)  # the same initial weights on every process
     initial = checksum(model)
     initial_tensors = tensor_sums(model)
+    checkpointing_kwargs = None
+    if cli.checkpoint_every_n_layers > 1:  # the Trainer's own key, not torch.utils.checkpoint's
+        checkpointing_kwargs = {"every_n_layers": cli.checkpoint_every_n_layers}
     args = CycleAlignConfig(
         output_dir=cli.out,
         per_device_train_batch_size=2,
@@ -130,20 +192,20 @@ def main() -> None:
         save_strategy="steps" if cli.save_steps else "no",
         save_steps=cli.save_steps or 500,
         report_to="none",
+        disable_tqdm=True,
         seed=0,
         ddp_backend=cli.ddp_backend,
+        gradient_checkpointing=cli.gradient_checkpointing,
+        gradient_checkpointing_kwargs=checkpointing_kwargs,
     )
     from datasets import Dataset
 
-    dataset = Dataset.from_dict({"prompt": PROMPTS})
     peft_config = None
     if cli.peft:
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
-    ranker: PreferE = PreferE()
-    if cli.scenario == "all_fail":
-        ranker = Failing()
+    ranker = {"all_fail": Failing, "fail_first_step": FailsFirstStep}.get(cli.scenario, PreferE)()
     if cli.ranker_url:
         from cyclealign.rankers import OpenAIRanker
 
@@ -152,45 +214,53 @@ def main() -> None:
     trainer = CycleAlignTrainer(
         model,
         args,
-        train_dataset=dataset,
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
         processing_class=tokenizer,
         ranker=ranker,
         peft_config=peft_config,
     )
     rank = trainer.accelerator.process_index
+    ranker.trainer = trainer
     if cli.scenario == "one_fails":
         ranker = Failing() if rank == 1 else EchoWhitebox()
         if isinstance(ranker, EchoWhitebox):
             ranker.attach(trainer)
         trainer.ranker = ranker
-    if cli.kill_after_save:
-        from transformers import TrainerCallback
-
-        class Kill(TrainerCallback):
-            def on_save(self, args, state, control, **kwargs):
-                if state.global_step == cli.kill_after_save:
-                    os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, like a lost machine
-
-        trainer.add_callback(Kill())
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    base = unwrapped.get_base_model() if cli.peft else unwrapped
+    probe = LayerProbe(base.model.layers[0])
+    if cli.kill_at_step:
+        trainer.add_callback(KillAtStep(cli.kill_at_step))
     trainer.train(resume_from_checkpoint=True if cli.resume else None)
 
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-    base_unchanged = None
-    if cli.peft:
-        base = [p for n, p in unwrapped.named_parameters() if "lora_" not in n]
-        base_unchanged = sorted(float(p.detach().double().sum()) for p in base) == initial_tensors
-    result = {
-        "process_index": rank,
-        "num_processes": trainer.accelerator.num_processes,
-        "distributed_type": str(trainer.accelerator.distributed_type),
-        "initial": initial,
-        "final": checksum(unwrapped),
-        "base_unchanged": base_unchanged,
-        "pool": trainer.pool.state_dict(),
-        "prompts_seen": ranker.seen,
-        "global_step": trainer.state.global_step,
-        "log_history": trainer.state.log_history,
-    }
+    with gathered(trainer):
+        base_unchanged = None
+        if cli.peft:
+            frozen = [p for n, p in unwrapped.named_parameters() if "lora_" not in n]
+            base_unchanged = sorted(float(p.detach().double().sum()) for p in frozen)
+            base_unchanged = base_unchanged == initial_tensors
+        result = {
+            "process_index": rank,
+            "num_processes": trainer.accelerator.num_processes,
+            "distributed_type": str(trainer.accelerator.distributed_type),
+            "initial": initial,
+            "final": checksum(unwrapped),
+            "base_unchanged": base_unchanged,
+            "checkpointing_flags": [bool(x.gradient_checkpointing) for x in base.model.layers],
+            "embedding_hooks": len(unwrapped.get_input_embeddings()._forward_hooks),
+            # Parameters ZeRO-3 really partitioned (DeepSpeed keeps small ones whole).
+            "partitioned": sum(not getattr(p, "ds_persist", True) for p in unwrapped.parameters()),
+        }
+    result.update(
+        {
+            "layer_calls": probe.calls,
+            "pool": trainer.pool.state_dict(),
+            "prompts_seen": ranker.seen,
+            "global_step": trainer.state.global_step,
+            "log_history": trainer.state.log_history,
+        }
+    )
     Path(cli.out).mkdir(parents=True, exist_ok=True)
     (Path(cli.out) / f"rank{rank}.json").write_text(json.dumps(result, default=str))
     if torch.distributed.is_initialized():
