@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 from transformers import HfArgumentParser, TrainingArguments
 
 from cyclealign.config import CycleAlignConfig
@@ -108,3 +109,15 @@ def test_gradient_accumulation_message_explains_why(tmp_path):
     with pytest.raises(ValueError) as info:
         make(tmp_path, gradient_accumulation_steps=4)
     assert "different models" in str(info.value) and "got 4" in str(info.value)
+
+
+def test_deepspeed_on_a_cpu_only_machine_is_detected(monkeypatch):
+    # The integration (two DeepSpeed processes with no ddp_backend) is in test_multiprocess.py.
+    from cyclealign.config import _deepspeed_without_accelerator
+
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    assert not _deepspeed_without_accelerator(None)
+    cpu_only = not torch.cuda.is_available()
+    assert _deepspeed_without_accelerator({"zero_optimization": {"stage": 2}}) == cpu_only
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    assert _deepspeed_without_accelerator(None) == cpu_only

@@ -232,12 +232,13 @@ def zero3_partitioned_config(folder: Path) -> Path:
 @pytest.mark.parametrize("setup", ["zero2", "zero3_partitioned_checkpointing"])
 def test_deepspeed_two_processes_match_ddp(tmp_path, ddp_run, setup):
     if setup == "zero2":
+        # No ddp_backend: the config picks gloo itself when there is no accelerator.
         config, extra = CONFIGS / "zero2.yaml", []
     else:
-        config, extra = zero3_partitioned_config(tmp_path), ["--gradient_checkpointing"]
-    # ddp_backend="gloo": DeepSpeed's gloo group on CPUs (see docs/trainer.md).
-    a, b = launch(tmp_path / "out", "--ddp_backend", "gloo", *extra, config=config)
-    assert "DEEPSPEED" in a["distributed_type"]
+        config = zero3_partitioned_config(tmp_path)
+        extra = ["--gradient_checkpointing", "--ddp_backend", "gloo"]
+    a, b = launch(tmp_path / "out", *extra, config=config)
+    assert "DEEPSPEED" in a["distributed_type"] and a["ddp_backend"] == "gloo"
     assert_ranks_identical(a, b)
     if setup != "zero2":
         assert a["partitioned"] > 0 and a["checkpointing_flags"] == [True, True]

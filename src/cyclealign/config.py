@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -270,6 +271,11 @@ class CycleAlignConfig(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        if self.ddp_backend is None and _deepspeed_without_accelerator(self.deepspeed):
+            # Left to itself, DeepSpeed on CPUs starts its own process group while the
+            # Trainer counts one process, and fails with "train_batch_size is not equal to
+            # micro_batch_per_gpu * gradient_acc_step * world_size". gloo is the CPU backend.
+            self.ddp_backend = "gloo"
         super().__post_init__()
         for name in ("model_init_kwargs", "generation_kwargs", "ranking_loss_kwargs"):
             setattr(self, name, _parse_dict(name, getattr(self, name)))
@@ -344,3 +350,17 @@ def _check_int(name: str, value: Any, minimum: int, why: str) -> None:
         raise ValueError(
             f"CycleAlignConfig: {name} must be an integer >= {minimum}{hint}, got {value!r}."
         )
+
+
+def _deepspeed_without_accelerator(deepspeed: Any) -> bool:
+    """DeepSpeed asked for (a config, or ``accelerate launch`` with a DeepSpeed config) on a
+    machine with no accelerator torch can use."""
+    requested = bool(deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    if not requested:
+        return False
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    if accelerator is not None:
+        return not accelerator.is_available()
+    return not torch.cuda.is_available()

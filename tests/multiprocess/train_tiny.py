@@ -244,6 +244,7 @@ def main() -> None:
             "process_index": rank,
             "num_processes": trainer.accelerator.num_processes,
             "distributed_type": str(trainer.accelerator.distributed_type),
+            "ddp_backend": trainer.args.ddp_backend,
             "initial": initial,
             "final": checksum(unwrapped),
             "base_unchanged": base_unchanged,
