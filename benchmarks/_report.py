@@ -17,6 +17,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,18 @@ from typing import Any
 from cyclealign.evaluation.report import markdown_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+_STARTED = time.monotonic()  # scripts import this module first: their run time from here
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def machine() -> dict[str, Any]:
@@ -36,24 +49,27 @@ def machine() -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
         "memory_gib": round(memory_gib) if memory_gib else None,
-        "processor": platform.processor() or platform.machine(),
+        "processor": cpu_model(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.cuda.is_available(),
     }
 
 
-def commit() -> str | None:
+def git(*args: str) -> str | None:
     try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return None
+    return done.stdout.strip()
+
+
+def commit() -> str | None:
+    """HEAD, with "+changes" when the library or the benchmarks differ from it: such results
+    did not come from code anyone can check out."""
+    head = git("rev-parse", "--short", "HEAD")
+    changed = git("status", "--porcelain", "--", "src", "benchmarks/*.py", "tests/chat_server.py")
+    return f"{head}+changes" if head and changed else head
 
 
 def emit(
@@ -61,21 +77,24 @@ def emit(
     *,
     caption: str,
     notes: Sequence[str] = (),
+    details: Mapping[str, Any] | None = None,
     json_path: str | None = None,
 ) -> dict[str, Any]:
-    """Print ``caption``, the rows as a Markdown table and ``notes``; write them as JSON to
-    ``json_path`` (default ``benchmarks/results/<script>.json``)."""
+    """Print ``caption``, the rows as a Markdown table and ``notes``; write them, and
+    ``details`` (JSON only), to ``json_path`` (default ``benchmarks/results/<script>.json``)."""
     script = Path(sys.argv[0]).resolve()
     table = markdown_table(rows)
     result = {
         "command": shlex.join(["python", f"benchmarks/{script.name}", *sys.argv[1:]]),
         "date": datetime.date.today().isoformat(),
         "commit": commit(),
+        "run_s": round(time.monotonic() - _STARTED),
         "machine": machine(),
         "caption": caption,
         "rows": [dict(r) for r in rows],
         "table": table,
         "notes": list(notes),
+        "details": dict(details or {}),
     }
     print(f"{caption}\n\n{table}")
     for note in notes:
@@ -90,10 +109,11 @@ def emit(
 def describe(result: Mapping[str, Any]) -> str:
     """The block ``docs/benchmarks.md`` shows for one result file."""
     m = result["machine"]
-    where = f"{m['cpus']} CPUs, {m['memory_gib']} GiB, torch {m['torch']}"
+    where = f"{m['cpus']} x {m['processor']}, {m['memory_gib']} GiB, torch {m['torch']}"
     where += ", CUDA" if m["cuda"] else ", no GPU"
     lines = [
-        f"`{result['command']}` ({where}; {result['date']}, commit {result['commit']}):",
+        f"`{result['command']}`: {result['run_s']} s on {where}; {result['date']}, commit "
+        f"{result['commit']}.",
         "",
         result["caption"],
         "",

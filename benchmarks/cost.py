@@ -134,12 +134,17 @@ def main() -> None:
             ]
             for label, demos, template in listwise_settings:
                 requests = [
-                    RankRequest(q, responses(i, n), demonstrations(demos, min(n, 4)))
+                    # A dynamic demonstration is an agreement: at most n ranked responses.
+                    # All n here, the most it can cost.
+                    RankRequest(q, responses(i, n), demonstrations(demos, n))
                     for i, q in enumerate(QUESTIONS)
                 ]
                 cache = str(Path(tmp) / f"{label}-{n}.sqlite")
                 usage = measure(server, requests, template, cache)
+                before = server.count
                 again = measure(server, requests, template, cache)
+                # The server's own count, not only the ranker's.
+                assert server.count == before and again["requests"] == 0
                 tokens = usage["prompt_tokens"] + usage["completion_tokens"]
                 rows.append(
                     {
@@ -187,7 +192,8 @@ def main() -> None:
     ratio_static = pairwise / four["listwise, static + 0 dynamic"]
     emit(
         rows,
-        caption=f"{len(QUESTIONS)} prompts; the listwise rows include the static demonstration",
+        caption=f"{len(QUESTIONS)} prompts; 'static' rows carry the template's static "
+        "demonstration, 'dynamic' ones that many demonstrations of n ranked responses",
         notes=[
             f"n=4: pairwise / listwise tokens per pair = {ratio:.2f} without demonstrations, "
             f"{ratio_static:.2f} with the static one"

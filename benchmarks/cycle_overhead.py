@@ -1,11 +1,14 @@
 """What the CycleAlign machinery costs on top of the work it cannot avoid.
 
 (a) bare: one batched ``generate`` of n samples per prompt, one forward+backward over all
-candidates, one optimizer step, written by hand; (b) one ``CycleAlignTrainer`` round
-(``max_rounds=1``) on the same prompts with a zero-latency in-process ranker. The overhead
-is (b) / (a), medians over steps after a warm-up. Each setting (plain, activation
-checkpointing, ``scoring_batch_size`` of half the sequences) runs in its own process so its
-peak RSS (``ru_maxrss`` only grows) is its own.
+candidates, gradient clipping and one AdamW step, written by hand; (b) one
+``CycleAlignTrainer`` step of one round (``max_rounds=1``) on the same batch with a
+zero-latency in-process ranker, timed from the Trainer's step begin to its step end (the
+optimizer step included). The overhead is (b) / (a), medians over steps after a warm-up.
+Each setting (plain, activation checkpointing, ``scoring_batch_size`` of half the
+sequences) runs in its own process, which imports the same modules in both modes, so its
+peak RSS (``ru_maxrss`` only grows) is its own; the growth over the loaded model during the
+steps is sampled from /proc as well, since loading can peak higher than training.
 
     python benchmarks/cycle_overhead.py              # SmolLM2-135M (target) and a tiny model
     python benchmarks/cycle_overhead.py --models tiny
@@ -21,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -53,7 +57,35 @@ def load(model_name: str):
     return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
 
-def bare(model, tokenizer, cli) -> list[float]:
+class RssSampler:
+    """Largest resident set size seen while running (sampled every 5 ms from /proc), so the
+    growth during the measured steps shows even when loading the model peaked higher."""
+
+    def __init__(self) -> None:
+        self.peak = self.current()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def current() -> int:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self.current())
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def bare(model, tokenizer, cli) -> tuple[list[float], dict[str, list[float]]]:
+    """The round's unavoidable work, by hand, as a careful user would write it."""
     import torch
 
     tokenizer.padding_side = "left"
@@ -67,7 +99,7 @@ def bare(model, tokenizer, cli) -> list[float]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     if cli.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    times = []
+    times, phases = [], {"generate": [], "forward": [], "backward": [], "optimizer": []}
     for _ in range(cli.steps):
         start = time.perf_counter()
         model.eval()
@@ -81,6 +113,7 @@ def bare(model, tokenizer, cli) -> list[float]:
                 pad_token_id=tokenizer.pad_token_id,
             )
         model.train()
+        t_generate = time.perf_counter()
         prompt_len = batch["input_ids"].shape[1]
         mask = torch.ones_like(out)
         mask[:, :prompt_len] = batch["attention_mask"].repeat_interleave(cli.responses, 0)
@@ -95,15 +128,29 @@ def bare(model, tokenizer, cli) -> list[float]:
             logits_to_keep=completion.shape[1] + 1,
         ).logits[:, :-1]
         logps = logits.log_softmax(-1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
-        (-logps.sum(-1).mean()).backward()
+        loss = -logps.sum(-1).mean()
+        t_forward = time.perf_counter()
+        loss.backward()
+        t_backward = time.perf_counter()
+        # The Trainer clips at max_grad_norm=1.0 by default: the same work here.
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
-    return times
+        end = time.perf_counter()
+        times.append(end - start)
+        for name, (a, b) in {
+            "generate": (start, t_generate),
+            "forward": (t_generate, t_forward),
+            "backward": (t_forward, t_backward),
+            "optimizer": (t_backward, end),
+        }.items():
+            phases[name].append(b - a)
+    return times, phases
 
 
-def cycle(model, tokenizer, cli) -> list[float]:
+def cycle(model, tokenizer, cli) -> tuple[list[float], dict[str, list[float]], dict]:
     from datasets import Dataset
+    from transformers import TrainerCallback
 
     from cyclealign import CycleAlignConfig, CycleAlignTrainer
     from cyclealign.rankers import BlackBoxRanker, RankResult
@@ -115,6 +162,27 @@ def cycle(model, tokenizer, cli) -> list[float]:
                 for r in requests
             ]
 
+    class StepTimer(TrainerCallback):
+        """Whole optimizer steps: sampling to the optimizer's update and the LR schedule."""
+
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.start = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter() - self.start)
+
+    generate_calls = []
+    original_generate = model.generate
+
+    def counting_generate(*args, **kwargs):
+        generate_calls.append(kwargs["input_ids"].shape[0])
+        return original_generate(*args, **kwargs)
+
+    model.generate = counting_generate
     with tempfile.TemporaryDirectory() as out:
         args = CycleAlignConfig(
             output_dir=out,
@@ -129,44 +197,54 @@ def cycle(model, tokenizer, cli) -> list[float]:
             use_cpu=True,
             use_better_response=False,
             disable_tqdm=True,
+            logging_steps=1,
             gradient_checkpointing=cli.gradient_checkpointing,
             scoring_batch_size=cli.scoring_batch_size,
             lr_scheduler_type="constant",
+            train_sampling_strategy="sequential",  # every batch is the bare loop's batch
         )
         data = Dataset.from_dict({"prompt": (PROMPTS[: cli.prompts]) * cli.steps})
+        timer = StepTimer()
         trainer = CycleAlignTrainer(
-            model, args, train_dataset=data, processing_class=tokenizer, ranker=Shortest()
+            model,
+            args,
+            train_dataset=data,
+            processing_class=tokenizer,
+            ranker=Shortest(),
+            callbacks=[timer],
         )
-        times = []
-        original = trainer.training_step
-
-        def timed(*a, **k):
-            start = time.perf_counter()
-            loss = original(*a, **k)
-            times.append(time.perf_counter() - start)
-            return loss
-
-        trainer.training_step = timed
         trainer.train()
-        phases = {
-            k: statistics.median(h[k] for h in trainer.state.log_history[1:] if k in h)
-            for k in ("time/generate", "time/forward", "time/backward", "time/rank_wait")
-        }
-    return times, phases
+        logs = [h for h in trainer.state.log_history if "time/generate" in h]
+        phases = {k: [h[f"time/{k}"] for h in logs] for k in ("generate", "forward", "backward")}
+    checks = {
+        "activation_checkpointing": bool(trainer.model.is_activation_checkpointing),
+        "generate_rows_per_call": sorted(set(generate_calls)),
+    }
+    return timer.times, phases, checks
 
 
 def child(cli) -> None:
+    import torch  # noqa: F401  both modes import the same modules: RSS compares training
+    import transformers  # noqa: F401
+    from datasets import Dataset  # noqa: F401
+
+    from cyclealign import CycleAlignTrainer  # noqa: F401
+
     model, tokenizer = load(cli.model)
-    if cli.mode == "bare":
-        times, phases = bare(model, tokenizer, cli), {}
-    else:
-        times, phases = cycle(model, tokenizer, cli)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        json.dumps(
-            {"median_s": statistics.median(times[1:]), "peak_rss_mib": peak_mib, "phases": phases}
-        )
-    )
+    loaded = RssSampler.current()
+    with RssSampler() as sampler:
+        if cli.mode == "bare":
+            (times, phases), checks = bare(model, tokenizer, cli), {}
+        else:
+            times, phases, checks = cycle(model, tokenizer, cli)
+    result = {
+        "median_s": statistics.median(times[1:]),
+        "phases": {k: statistics.median(v[1:]) for k, v in phases.items()},
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "growth_mib": (sampler.peak - loaded) / 2**20,
+        "checks": checks,
+    }
+    print(json.dumps(result))
 
 
 def measure(cli, model: str, mode: str, gc: bool, scoring: int | None) -> dict:
@@ -185,20 +263,23 @@ def measure(cli, model: str, mode: str, gc: bool, scoring: int | None) -> dict:
 
 
 def table_row(model: str, gc: bool, scoring: int | None, measured: dict) -> dict:
-    phases = measured["cycle"]["phases"]
-    bare_s, cycle_s = measured["bare"]["median_s"], measured["cycle"]["median_s"]
+    bare, cycle = measured["bare"], measured["cycle"]
+    phases = " / ".join(f"{cycle['phases'][k]:.3f}" for k in ("generate", "forward", "backward"))
+    bare_phases = " / ".join(
+        f"{bare['phases'][k]:.3f}" for k in ("generate", "forward", "backward", "optimizer")
+    )
     return {
         "model": model,
         "gradient checkpointing": gc,
         "scoring_batch_size": scoring,
-        "bare step (s)": round(bare_s, 3),
-        "cycle round (s)": round(cycle_s, 3),
-        "overhead (b)/(a)": round(cycle_s / bare_s, 3),
-        "generate / forward / backward (s)": " / ".join(
-            f"{phases[k]:.3f}" for k in ("time/generate", "time/forward", "time/backward")
-        ),
-        "peak RSS bare / cycle (MiB)": f"{measured['bare']['peak_rss_mib']:.0f} / "
-        f"{measured['cycle']['peak_rss_mib']:.0f}",
+        "bare step (s)": round(bare["median_s"], 3),
+        "cycle step (s)": round(cycle["median_s"], 3),
+        "overhead (b)/(a)": round(cycle["median_s"] / bare["median_s"], 3),
+        "bare: generate / forward / backward / optimizer (s)": bare_phases,
+        "cycle: generate / forward / backward (s)": phases,
+        "peak RSS bare / cycle (MiB)": f"{bare['peak_rss_mib']:.0f} / {cycle['peak_rss_mib']:.0f}",
+        "growth in steps bare / cycle (MiB)": f"{bare['growth_mib']:.0f} / "
+        f"{cycle['growth_mib']:.0f}",
     }
 
 
@@ -208,7 +289,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--responses", type=int, default=4)
     parser.add_argument("--max_new_tokens", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--json", default=None, help="default: benchmarks/results/")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", default="tiny", help=argparse.SUPPRESS)
@@ -219,7 +300,7 @@ def main() -> None:
     if cli.child:
         child(cli)
         return
-    rows = []
+    rows, checks = [], []
     rows_per_batch = cli.prompts * cli.responses
     # (gradient checkpointing, scoring_batch_size); the bare loop has no scoring_batch_size,
     # so the third setting is compared with the first one's bare step.
@@ -234,11 +315,12 @@ def main() -> None:
             if not gc and scoring is None:
                 bare_plain = measured["bare"]
             rows.append(table_row(model, gc, scoring, measured))
+            checks.append(measured["cycle"]["checks"])
     caption = (
         f"{cli.prompts} prompts x {cli.responses} responses x {cli.max_new_tokens} new tokens, "
         f"median of {cli.steps - 1} steps after a warm-up; each setting in its own process"
     )
-    emit(rows, caption=caption, json_path=cli.json)
+    emit(rows, caption=caption, details={"cycle_checks": checks}, json_path=cli.json)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,18 @@
 """CycleAlign against TRL's GRPOTrainer with an LLM judge, on the same model and server.
 
-Both trainers get the same tiny model, prompts, samples per prompt and judge server (a
-local chat-completions server answering after a delay d). CycleAlign asks for one listwise
-ranking per prompt (1 round per step); GRPO, TRL's way to use an LLM judge since its judge
-classes were removed, scores every completion with an async reward function that makes
-one judge call per completion. GRPO's ``per_device_train_batch_size`` counts completions,
-so it is prompts x samples. GRPO runs twice: with a one-line scoring prompt (the cheapest
-pointwise judge) and with the ranking instruction's own criteria (``cost.py``'s scoring
-instruction). Reported: wall time per step (median after a warm-up), judge requests and
-tokens per step, and the ratios.
+Both trainers get the same tiny model, chat-formatted prompts, samples per prompt, sampling
+settings (temperature 1, no top-k/top-p), precision (fp32), no activation checkpointing and
+judge server. CycleAlign asks for one listwise ranking per prompt (1 round per step); GRPO,
+TRL's way to use an LLM judge since its judge classes were removed, scores every
+completion with an async reward function that makes one judge call per completion (one
+client, reused). GRPO's ``per_device_train_batch_size`` counts completions, so it is
+prompts x samples. GRPO runs with a one-line scoring prompt and with the ranking
+instruction's own criteria (``cost.py``'s scoring instruction).
+
+Two judge latency models: a fixed delay per request (the issue's setting), and a delay that
+also grows with the request's prompt and answer tokens, as a real server's prefill and
+decoding do (a listwise answer is longer than a score). Whole optimizer steps are timed
+(step begin to step end); the trainers alternate, ``--repeats`` runs each.
 
     python benchmarks/vs_trl.py [--delay 0.3] [--prompts 4] [--samples 4]
 """
@@ -29,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/latency_hiding.py
 
 from datasets import Dataset
+from transformers import TrainerCallback
 
 from _report import emit
 from chat_server import ChatServer, Reply, rank_by
@@ -52,10 +57,12 @@ SCORE_PROMPT = (
 
 
 class Judge:
-    """The server's behaviour plus token accounting (as the server would bill it)."""
+    """The server's behaviour, its latency model and its token accounting (chars / 4, as the
+    test server bills)."""
 
     def __init__(self, delay: float) -> None:
         self.delay = delay
+        self.prefill_s = self.decode_s = 0.0  # per prompt / answer token
         self.ranker = rank_by(lambda text: text.count("e"))
         self.tokens = 0
 
@@ -68,27 +75,41 @@ class Judge:
             reply = Reply(str(min(10, response.count("e"))))
         else:
             reply = self.ranker(body, number)
-        reply.delay = self.delay
-        chars = sum(len(m["content"]) for m in body["messages"])
-        self.tokens += chars // 4 + 1 + len(reply.content) // 4 + 1
+        prompt_tokens = sum(len(m["content"]) for m in body["messages"]) // 4 + 1
+        answer_tokens = len(reply.content) // 4 + 1
+        reply.delay = self.delay + self.prefill_s * prompt_tokens + self.decode_s * answer_tokens
+        self.tokens += prompt_tokens + answer_tokens
         return reply
 
 
-def timed(trainer) -> list[float]:
-    times = []
-    original = trainer.training_step
+class StepTimer(TrainerCallback):
+    """Whole optimizer steps, from the Trainer's step begin to its step end."""
 
-    def step(*args, **kwargs):
-        start = time.perf_counter()
-        loss = original(*args, **kwargs)
-        times.append(time.perf_counter() - start)
-        return loss
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.start = 0.0
 
-    trainer.training_step = step
-    return times
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self.start)
 
 
-def run_cycle(server, judge, cli) -> dict[str, float]:
+def train(trainer, server, judge, steps: int) -> dict[str, float | list[float]]:
+    timer = StepTimer()
+    trainer.add_callback(timer)
+    start_requests, start_tokens = server.count, judge.tokens
+    trainer.train()
+    assert len(timer.times) == steps
+    return {
+        "step_s": timer.times[1:],  # the first step warms up
+        "requests": (server.count - start_requests) / steps,
+        "tokens": (judge.tokens - start_tokens) / steps,
+    }
+
+
+def run_cycle(server, judge, cli) -> dict:
     from cyclealign import CycleAlignConfig, CycleAlignTrainer, OpenAIRanker
 
     tokenizer = build_tiny_tokenizer()
@@ -116,14 +137,8 @@ def run_cycle(server, judge, cli) -> dict[str, float]:
             processing_class=tokenizer,
             ranker=OpenAIRanker("judge", base_url=server.base_url, max_concurrency=16),
         )
-        times = timed(trainer)
-        start_requests, start_tokens = server.count, judge.tokens
-        trainer.train()
-    return {
-        "step_s": statistics.median(times[1:]),
-        "requests": (server.count - start_requests) / cli.steps,
-        "tokens": (judge.tokens - start_tokens) / cli.steps,
-    }
+        assert not args.bf16 and not args.gradient_checkpointing
+        return train(trainer, server, judge, cli.steps)
 
 
 def judge_messages(prompt: str, completion: str, criteria: bool) -> list[dict[str, str]]:
@@ -138,7 +153,7 @@ def judge_messages(prompt: str, completion: str, criteria: bool) -> list[dict[st
     ]
 
 
-def run_grpo(server, judge, cli, criteria: bool) -> dict[str, float]:
+def run_grpo(server, judge, cli, criteria: bool) -> dict:
     from openai import AsyncOpenAI
     from trl import GRPOConfig, GRPOTrainer
 
@@ -149,6 +164,8 @@ def run_grpo(server, judge, cli, criteria: bool) -> dict[str, float]:
             clients.append(AsyncOpenAI(base_url=server.base_url, api_key="EMPTY", max_retries=0))
 
         async def score(prompt, completion):
+            # Conversational data: the last user turn and the completion's text.
+            prompt, completion = prompt[-1]["content"], completion[0]["content"]
             answer = await clients[0].chat.completions.create(
                 model="judge", temperature=0, messages=judge_messages(prompt, completion, criteria)
             )
@@ -171,9 +188,17 @@ def run_grpo(server, judge, cli, criteria: bool) -> dict[str, float]:
             use_cpu=True,
             beta=0.0,
             disable_tqdm=True,
+            # TRL's defaults are bf16 and activation checkpointing; CycleAlign runs fp32
+            # without it here, so GRPO must too.
+            bf16=False,
+            gradient_checkpointing=False,
             temperature=1.0,
+            top_k=0,
+            top_p=1.0,
         )
-        data = Dataset.from_dict({"prompt": (PROMPTS * cli.steps)[: cli.prompts * cli.steps]})
+        # Chat-formatted prompts, as the CycleAlign collator formats its prompts.
+        prompts = (PROMPTS * cli.steps)[: cli.prompts * cli.steps]
+        data = Dataset.from_dict({"prompt": [[{"role": "user", "content": p}] for p in prompts]})
         trainer = GRPOTrainer(
             model=build_tiny_model(tokenizer),
             reward_funcs=judge_reward,
@@ -181,40 +206,69 @@ def run_grpo(server, judge, cli, criteria: bool) -> dict[str, float]:
             train_dataset=data,
             processing_class=tokenizer,
         )
-        times = timed(trainer)
-        start_requests, start_tokens = server.count, judge.tokens
-        trainer.train()
-    return {
-        "step_s": statistics.median(times[1:]),
-        "requests": (server.count - start_requests) / cli.steps,
-        "tokens": (judge.tokens - start_tokens) / cli.steps,
-    }
+        assert not trainer.args.bf16 and not trainer.model.is_activation_checkpointing
+        return train(trainer, server, judge, cli.steps)
+
+
+TRAINERS = {
+    "CycleAlignTrainer (1 round)": lambda s, j, c: run_cycle(s, j, c),
+    "GRPOTrainer + one-line pointwise judge": lambda s, j, c: run_grpo(s, j, c, False),
+    "GRPOTrainer + pointwise judge, same criteria": lambda s, j, c: run_grpo(s, j, c, True),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--delay", type=float, default=0.3)
+    parser.add_argument("--delay", type=float, default=0.3, help="seconds per request")
+    parser.add_argument("--prefill_ms", type=float, default=0.1, help="per prompt token")
+    parser.add_argument("--decode_ms", type=float, default=10.0, help="per answer token")
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--max_new_tokens", type=int, default=16)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each trainer")
     parser.add_argument("--json", default=None, help="default: benchmarks/results/")
     cli = parser.parse_args()
+    latency_models = {
+        f"fixed {cli.delay} s": (0.0, 0.0),
+        f"{cli.delay} s + {cli.prefill_ms} ms/prompt token + {cli.decode_ms} ms/answer token": (
+            cli.prefill_ms / 1000,
+            cli.decode_ms / 1000,
+        ),
+    }
     judge = Judge(cli.delay)
+    rows = []
     with ChatServer(judge) as server:
-        results = {
-            "CycleAlignTrainer (1 round)": run_cycle(server, judge, cli),
-            "GRPOTrainer + one-line pointwise judge": run_grpo(server, judge, cli, False),
-            "GRPOTrainer + pointwise judge, same criteria": run_grpo(server, judge, cli, True),
-        }
-    cycle, *grpos = results.values()
-    # Fair only if every prompt was judged: one listwise request per prompt, one call per
-    # completion.
-    sent = [r["requests"] for r in results.values()]
-    if sent != [cli.prompts] + [cli.prompts * cli.samples] * 2:
-        raise SystemExit(f"judge requests per step: {sent}")
+        for latency, (judge.prefill_s, judge.decode_s) in latency_models.items():
+            runs = {name: [] for name in TRAINERS}
+            for _ in range(cli.repeats):  # alternating, so drift hits every trainer alike
+                for name, run in TRAINERS.items():
+                    runs[name].append(run(server, judge, cli))
+            results = {
+                name: {
+                    "step_s": statistics.median(t for r in rs for t in r["step_s"]),
+                    "requests": statistics.mean(r["requests"] for r in rs),
+                    "tokens": statistics.mean(r["tokens"] for r in rs),
+                }
+                for name, rs in runs.items()
+            }
+            # Fair only if every prompt was judged: one listwise request per prompt, one call
+            # per completion.
+            sent = [r["requests"] for r in results.values()]
+            if sent != [cli.prompts] + [cli.prompts * cli.samples] * 2:
+                raise SystemExit(f"judge requests per step: {sent}")
+            rows += latency_rows(latency, results)
+    caption = (
+        f"{cli.prompts} prompts x {cli.samples} samples, {cli.max_new_tokens} new tokens; "
+        f"median of {cli.repeats} x {cli.steps - 1} steps after warm-ups, trainers alternating"
+    )
+    emit(rows, caption=caption, json_path=cli.json)
+
+
+def latency_rows(latency: str, results: dict[str, dict[str, float]]) -> list[dict]:
     rows = [
         {
+            "judge latency": latency,
             "trainer": name,
             "wall s / step": round(r["step_s"], 3),
             "judge requests / step": round(r["requests"], 1),
@@ -222,20 +276,18 @@ def main() -> None:
         }
         for name, r in results.items()
     ]
+    cycle, *grpos = results.values()
     for label, grpo in zip(("one-line judge", "same criteria"), grpos):
         rows.append(
             {
+                "judge latency": latency,
                 "trainer": f"ratio CycleAlign / GRPO, {label}",
                 "wall s / step": round(cycle["step_s"] / grpo["step_s"], 2),
                 "judge requests / step": round(cycle["requests"] / grpo["requests"], 2),
                 "judge tokens / step": round(cycle["tokens"] / grpo["tokens"], 2),
             }
         )
-    caption = (
-        f"{cli.prompts} prompts x {cli.samples} samples, {cli.max_new_tokens} new tokens, "
-        f"judge delay {cli.delay} s, median of {cli.steps - 1} steps after a warm-up"
-    )
-    emit(rows, caption=caption, json_path=cli.json)
+    return rows
 
 
 if __name__ == "__main__":

@@ -86,6 +86,10 @@ class ChatServer:
         class _Handler(BaseHTTPRequestHandler):
             # Keep-alive, as every real API server does: the client reuses its connections.
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes; with Nagle's algorithm on, the second
+            # waits for the client's delayed ACK (~40 ms a request). Real servers set
+            # TCP_NODELAY too.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
