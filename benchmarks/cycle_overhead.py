@@ -150,8 +150,8 @@ def bare(model, tokenizer, cli) -> tuple[list[float], dict[str, list[float]]]:
 
 def cycle(model, tokenizer, cli) -> tuple[list[float], dict[str, list[float]], dict]:
     from datasets import Dataset
-    from transformers import TrainerCallback
 
+    from _timing import StepTimer
     from cyclealign import CycleAlignConfig, CycleAlignTrainer
     from cyclealign.rankers import BlackBoxRanker, RankResult
 
@@ -161,19 +161,6 @@ def cycle(model, tokenizer, cli) -> tuple[list[float], dict[str, list[float]], d
                 RankResult(sorted(range(len(r.responses)), key=lambda i: len(r.responses[i])))
                 for r in requests
             ]
-
-    class StepTimer(TrainerCallback):
-        """Whole optimizer steps: sampling to the optimizer's update and the LR schedule."""
-
-        def __init__(self) -> None:
-            self.times: list[float] = []
-            self.start = 0.0
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.times.append(time.perf_counter() - self.start)
 
     generate_calls = []
     original_generate = model.generate

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from datasets import Dataset
-from transformers import TrainerCallback
 
 from _report import emit
+from _timing import StepTimer
 from chat_server import ChatServer, rank_by
 from conftest import build_tiny_model, build_tiny_tokenizer
 from cyclealign import CycleAlignConfig, CycleAlignTrainer, OpenAIRanker
@@ -86,19 +86,14 @@ def run(delays: list[float], prompts: int, repeats: int, hidden: int) -> dict[fl
             processing_class=tokenizer,
             ranker=OpenAIRanker("bench", base_url=server.base_url, max_concurrency=prompts),
         )
-        walls, forward_ends = [], []
+        forward_ends = []
 
-        class Steps(TrainerCallback):
-            """Sets each step's delay; times whole steps (step begin to step end)."""
-
-            start = 0.0
+        class Steps(StepTimer):
+            """Sets each step's delay before timing it."""
 
             def on_step_begin(self, args, state, control, **kwargs):
-                current["delay"] = schedule[len(walls)]
-                self.start = time.perf_counter()
-
-            def on_step_end(self, args, state, control, **kwargs):
-                walls.append(time.perf_counter() - self.start)
+                current["delay"] = schedule[len(self.times)]
+                super().on_step_begin(args, state, control, **kwargs)
 
         whitebox_ranking = trainer.loss_fn.ranking
 
@@ -107,8 +102,10 @@ def run(delays: list[float], prompts: int, repeats: int, hidden: int) -> dict[fl
             return whitebox_ranking(*a, **k)
 
         trainer.loss_fn.ranking = ranking_at_forward_end
-        trainer.add_callback(Steps())
+        steps = Steps()
+        trainer.add_callback(steps)
         trainer.train()
+        walls = steps.times
         arrivals = [r.received for r in server.requests]
     logs = [h for h in trainer.state.log_history if "time/forward" in h]
     assert len(logs) == len(walls) == len(schedule)

@@ -26,16 +26,15 @@ import re
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/latency_hiding.py
 
 from datasets import Dataset
-from transformers import TrainerCallback
 
 from _report import emit
+from _timing import StepTimer
 from chat_server import ChatServer, Reply, rank_by
 from conftest import build_tiny_model, build_tiny_tokenizer
 from cost import SCORE_INSTRUCTION
@@ -80,20 +79,6 @@ class Judge:
         reply.delay = self.delay + self.prefill_s * prompt_tokens + self.decode_s * answer_tokens
         self.tokens += prompt_tokens + answer_tokens
         return reply
-
-
-class StepTimer(TrainerCallback):
-    """Whole optimizer steps, from the Trainer's step begin to its step end."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self.start = 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter() - self.start)
 
 
 def train(trainer, server, judge, steps: int) -> dict[str, float | list[float]]:
