@@ -107,7 +107,7 @@ def bare(model, tokenizer, cli) -> tuple[list[float], dict[str, list[float]]]:
             out = model.generate(
                 **batch,
                 do_sample=True,
-                max_new_tokens=cli.max_new_tokens,
+                max_new_tokens=cli.max_completion_length,
                 num_return_sequences=cli.responses,
                 top_k=0,
                 pad_token_id=tokenizer.pad_token_id,
@@ -174,8 +174,8 @@ def cycle(model, tokenizer, cli) -> tuple[list[float], dict[str, list[float]], d
         args = CycleAlignConfig(
             output_dir=out,
             per_device_train_batch_size=cli.prompts,
-            num_responses=cli.responses,
-            max_new_tokens=cli.max_new_tokens,
+            num_generations=cli.responses,
+            max_completion_length=cli.max_completion_length,
             max_rounds=1,
             max_steps=cli.steps,
             learning_rate=1e-6,
@@ -237,7 +237,7 @@ def child(cli) -> None:
 def measure(cli, model: str, mode: str, gc: bool, scoring: int | None) -> dict:
     """One setting in a fresh process, so its peak RSS is its own."""
     command = [sys.executable, __file__, "--child", "--model", model, "--mode", mode]
-    for name in ("prompts", "responses", "max_new_tokens", "steps"):
+    for name in ("prompts", "responses", "max_completion_length", "steps"):
         command += [f"--{name}", str(getattr(cli, name))]
     if gc:
         command.append("--gradient_checkpointing")
@@ -275,7 +275,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["smollm2", "tiny"])
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--responses", type=int, default=4)
-    parser.add_argument("--max_new_tokens", type=int, default=16)
+    parser.add_argument("--max_completion_length", type=int, default=16)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--json", default=None, help="default: benchmarks/results/")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -304,7 +304,7 @@ def main() -> None:
             rows.append(table_row(model, gc, scoring, measured))
             checks.append(measured["cycle"]["checks"])
     caption = (
-        f"{cli.prompts} prompts x {cli.responses} responses x {cli.max_new_tokens} new tokens, "
+        f"{cli.prompts} prompts x {cli.responses} responses x {cli.max_completion_length} new tokens, "
         f"median of {cli.steps - 1} steps after a warm-up; each setting in its own process"
     )
     emit(rows, caption=caption, details={"cycle_checks": checks}, json_path=cli.json)

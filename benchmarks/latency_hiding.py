@@ -65,8 +65,8 @@ def run(delays: list[float], prompts: int, repeats: int, hidden: int) -> dict[fl
         args = CycleAlignConfig(
             output_dir=out,
             per_device_train_batch_size=prompts,
-            num_responses=4,
-            max_new_tokens=16,
+            num_generations=4,
+            max_completion_length=16,
             max_rounds=1,
             max_steps=len(schedule),
             # Small: a model that learns fast collapses to one distinct response per prompt,

@@ -102,8 +102,8 @@ def run_cycle(server, judge, cli) -> dict:
         args = CycleAlignConfig(
             output_dir=out,
             per_device_train_batch_size=cli.prompts,
-            num_responses=cli.samples,
-            max_new_tokens=cli.max_new_tokens,
+            num_generations=cli.samples,
+            max_completion_length=cli.max_completion_length,
             max_rounds=1,
             max_steps=cli.steps,
             learning_rate=1e-6,  # small: no collapse to one distinct response
@@ -165,7 +165,7 @@ def run_grpo(server, judge, cli, criteria: bool) -> dict:
             output_dir=out,
             per_device_train_batch_size=cli.prompts * cli.samples,
             num_generations=cli.samples,
-            max_completion_length=cli.max_new_tokens,
+            max_completion_length=cli.max_completion_length,
             max_steps=cli.steps,
             learning_rate=1e-6,  # small: no collapse to one distinct response
             report_to="none",
@@ -209,7 +209,7 @@ def main() -> None:
     parser.add_argument("--decode_ms", type=float, default=10.0, help="per answer token")
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--max_new_tokens", type=int, default=16)
+    parser.add_argument("--max_completion_length", type=int, default=16)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each trainer")
     parser.add_argument("--json", default=None, help="default: benchmarks/results/")
@@ -244,7 +244,7 @@ def main() -> None:
                 raise SystemExit(f"judge requests per step: {sent}")
             rows += latency_rows(latency, results)
     caption = (
-        f"{cli.prompts} prompts x {cli.samples} samples, {cli.max_new_tokens} new tokens; "
+        f"{cli.prompts} prompts x {cli.samples} samples, {cli.max_completion_length} new tokens; "
         f"median of {cli.repeats} x {cli.steps - 1} steps after warm-ups, trainers alternating"
     )
     emit(rows, caption=caption, json_path=cli.json)

@@ -14,9 +14,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-HH_DIR = SHARED / "data" / "hh-rlhf"
-REFERENCE_LOSSES = SHARED / "reference" / "ranking_losses.json"
+# Test data kept in the repository (provenance and licences beside each file): the four
+# HH-RLHF test splits and the RRHF/PRO reference vectors. See tests/data/README.md.
+DATA = Path(__file__).resolve().parent / "data"
+HH_DIR = DATA / "hh-rlhf"
+REFERENCE_LOSSES = DATA / "reference" / "ranking_losses.json"
 
 CORPUS = [
     "Human: How do I bake bread? Assistant: Mix flour, water, yeast and salt, then bake.",

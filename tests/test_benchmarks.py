@@ -86,7 +86,7 @@ def test_latency_hiding_sends_requests_before_the_forward_pass(tmp_path):
 
 @pytest.mark.slow
 def test_cycle_overhead_table_has_every_setting(tmp_path):
-    args = ["--models", "tiny", "--steps", "2", "--max_new_tokens", "4"]
+    args = ["--models", "tiny", "--steps", "2", "--max_completion_length", "4"]
     result = run_script("cycle_overhead", tmp_path, *args)
     settings = [(r["gradient checkpointing"], r["scoring_batch_size"]) for r in result["rows"]]
     assert settings == [(False, None), (True, None), (False, 4)]
@@ -100,7 +100,7 @@ def test_cycle_overhead_table_has_every_setting(tmp_path):
 @pytest.mark.slow
 def test_vs_trl_counts_judge_requests_per_step(tmp_path):
     args = ["--prompts", "2", "--samples", "2", "--steps", "2", "--delay", "0.01"]
-    args += ["--max_new_tokens", "4", "--repeats", "1", "--decode_ms", "1"]
+    args += ["--max_completion_length", "4", "--repeats", "1", "--decode_ms", "1"]
     rows = run_script("vs_trl", tmp_path, *args)["rows"]
     assert len(rows) == 10  # two latency models x (three trainers + two ratios)
     fixed, by_tokens = rows[:5], rows[5:]

@@ -50,7 +50,7 @@ def test_evaluate_writes_reward_and_pairwise_tables(
                 str(HH_DIR),
                 "--num_samples",
                 "8",
-                "--max_new_tokens",
+                "--max_completion_length",
                 "4",
                 "--reward_model",
                 str(reward_model_dir),

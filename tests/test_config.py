@@ -24,7 +24,7 @@ def make(tmp_path, **kwargs):
 
 def test_defaults(tmp_path):
     args = make(tmp_path)
-    assert (args.num_responses, args.max_rounds, args.max_new_tokens) == (4, 5, 64)
+    assert (args.num_generations, args.max_rounds, args.max_completion_length) == (4, 5, 64)
     assert args.stop_on_full_agreement and args.use_better_response
     assert args.ranking_loss == "pro" and args.reward_from_ranking == "linear"
     assert args.ranker_failure_policy == "skip"
@@ -62,13 +62,13 @@ def test_command_line_and_yaml(tmp_path):
     (args,) = parser.parse_args_into_dataclasses(
         [
             "--output_dir", str(tmp_path),
-            "--num_responses", "3",
+            "--num_generations", "3",
             "--ranker_failure_policy", "whitebox",
             "--generation_kwargs", '{"top_k": 7}',
             "--use_dynamic_demonstrations", "false",
         ]
     )  # fmt: skip
-    assert args.num_responses == 3 and args.ranker_failure_policy == "whitebox"
+    assert args.num_generations == 3 and args.ranker_failure_policy == "whitebox"
     assert args.generation_kwargs == {"top_k": 7}
     assert args.use_dynamic_demonstrations is False
 
@@ -80,17 +80,74 @@ def test_command_line_and_yaml(tmp_path):
     assert args.max_rounds == 2 and args.ranking_loss_kwargs == {"sft_weight": 0.1}
 
 
+TRL_SAMPLING = dict(
+    num_generations=4, max_completion_length=32, top_k=5, min_p=0.1, repetition_penalty=1.1
+)
+
+
+def _sampling(args):
+    return {name: getattr(args, name) for name in TRL_SAMPLING}
+
+
+def test_trl_names_from_python_yaml_and_command_line(tmp_path):
+    from trl import TrlParser
+
+    assert _sampling(make(tmp_path, **TRL_SAMPLING)) == TRL_SAMPLING
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"output_dir: {tmp_path}\n" + "".join(f"{k}: {v}\n" for k, v in TRL_SAMPLING.items())
+    )
+    (args,) = TrlParser(CycleAlignConfig).parse_args_and_config(["--config", str(config)])
+    assert _sampling(args) == TRL_SAMPLING
+    cli = [f"--{k}={v}" for k, v in TRL_SAMPLING.items()]
+    (args,) = TrlParser(CycleAlignConfig).parse_args_and_config(["--output_dir", "o", *cli])
+    assert _sampling(args) == TRL_SAMPLING
+
+
+@pytest.mark.parametrize("old", ["num_responses", "max_new_tokens"])
+def test_old_names_fail_everywhere(tmp_path, old):
+    from trl import TrlParser
+
+    with pytest.raises(TypeError, match=old):
+        make(tmp_path, **{old: 4})
+    config = tmp_path / "run.yaml"
+    config.write_text(f"output_dir: {tmp_path}\n{old}: 4\n")
+    with pytest.raises(ValueError, match=f"Unknown arguments from config file.*{old}"):
+        TrlParser(CycleAlignConfig).parse_args_and_config(["--config", str(config)])
+    with pytest.raises(ValueError, match=f"not used by the HfArgumentParser.*{old}"):
+        TrlParser(CycleAlignConfig).parse_args_and_config(["--output_dir", "o", f"--{old}", "4"])
+
+
+def test_sampling_fields_reach_generation_and_generation_kwargs_win(tmp_path):
+    from conftest import build_tiny_tokenizer
+    from cyclealign.generation import sampling_config
+
+    tokenizer = build_tiny_tokenizer()
+    config = sampling_config(make(tmp_path, **TRL_SAMPLING), tokenizer, [2])
+    assert (config.max_new_tokens, config.top_k, config.min_p) == (32, 5, 0.1)
+    assert config.repetition_penalty == 1.1
+    override = make(tmp_path, **TRL_SAMPLING, generation_kwargs={"top_k": 9, "min_p": 0.2})
+    config = sampling_config(override, tokenizer, [2])
+    assert (config.top_k, config.min_p, config.repetition_penalty) == (9, 0.2, 1.1)
+    # The defaults are TRL's: every filter off.
+    config = sampling_config(make(tmp_path), tokenizer, [2])
+    assert (config.top_k, config.min_p, config.repetition_penalty) == (0, None, 1.0)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"gradient_accumulation_steps": 2}, "Raise per_device_train_batch_size"),
-        ({"num_responses": 1}, "num_responses must be an integer >= 2"),
+        ({"num_generations": 1}, "num_generations must be an integer >= 2"),
         ({"max_rounds": 0}, "max_rounds must be an integer >= 1"),
-        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"max_completion_length": 0}, "max_completion_length"),
         ({"max_prompt_length": 0}, "or None for no limit"),
         ({"scoring_batch_size": -1}, "scoring_batch_size"),
         ({"temperature": 0.0}, "temperature must be > 0"),
         ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
+        ({"top_k": -1}, "top_k must be an integer >= 0"),
+        ({"min_p": 1.5}, r"min_p must be in \[0, 1\]"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
         ({"ranker_failure_policy": "retry"}, r"\['skip', 'whitebox'\]"),
         ({"reward_from_ranking": "elo"}, r"\['linear', 'scores'\]"),
         ({"demonstration_selection": "random"}, r"\['recent', 'similar'\]"),

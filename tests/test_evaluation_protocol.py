@@ -21,11 +21,13 @@ PROMPTS = ["How do I bake bread?", [{"role": "user", "content": "Tell me a joke.
 
 def test_generation_and_reward_table(tiny_tokenizer):
     model = build_tiny_model(tiny_tokenizer)
-    answers = generate_responses(model, tiny_tokenizer, PROMPTS, max_new_tokens=5, batch_size=2)
+    answers = generate_responses(
+        model, tiny_tokenizer, PROMPTS, max_completion_length=5, batch_size=2
+    )
     assert len(answers) == 3 and all(isinstance(a, str) for a in answers)
     # Batching and left padding do not change greedy answers.
     assert answers == [
-        generate_responses(model, tiny_tokenizer, [p], max_new_tokens=5)[0] for p in PROMPTS
+        generate_responses(model, tiny_tokenizer, [p], max_completion_length=5)[0] for p in PROMPTS
     ]
     scorer = RewardModelRanker(build_tiny_reward_model(tiny_tokenizer), tiny_tokenizer)
     rows = reward_table(PROMPTS, answers, ["a", "b", "a"], scorer)

@@ -48,7 +48,7 @@ def common_args(model_dir: Path, out: Path) -> list[str]:
         "harmless-base",
         "--num_samples",
         "4",
-        "--max_new_tokens",
+        "--max_completion_length",
         "6",
         "--max_prompt_length",
         "48",
@@ -120,7 +120,7 @@ def test_every_example_config_parses(config, tmp_path, monkeypatch):
         ]
     )
     assert script.ranker in ("openai", "local_chat", "none")
-    assert args.gradient_accumulation_steps == 1 and args.num_responses >= 2
+    assert args.gradient_accumulation_steps == 1 and args.num_generations >= 2
 
 
 @pytest.mark.slow
@@ -144,7 +144,7 @@ def test_offline_baseline_config_runs(tiny_model_dir, tmp_path):
             str(out),
             "--max_steps",
             "2",
-            "--max_new_tokens",
+            "--max_completion_length",
             "16",
             "--max_prompt_length",
             "64",

@@ -56,7 +56,7 @@ def test_masks_come_from_positions_and_duplicates_collapse(tiny_tokenizer):
         ScriptedGenerator(completions),
         prompt,
         torch.tensor([[1, 1], [0, 1]]),
-        num_responses=4,
+        num_generations=4,
         generation_config=None,
         tokenizer=tiny_tokenizer,
         eos_token_ids=[eos],
@@ -121,20 +121,20 @@ def test_better_responses_get_an_eos_and_others_copy_candidate_zero(tiny_tokeniz
         ScriptedGenerator([[a, eos, eos], [a, a, eos], [a, a, a], [a, eos, eos]]),
         torch.tensor([[3], [4]]),
         torch.ones(2, 1, dtype=torch.long),
-        num_responses=2,
+        num_generations=2,
         generation_config=None,
         tokenizer=tiny_tokenizer,
         eos_token_ids=[eos],
     )
     ids, mask, present = better_response_completions(
-        ["yes", None], cands, tokenizer=tiny_tokenizer, eos_token_id=eos, max_new_tokens=8
+        ["yes", None], cands, tokenizer=tiny_tokenizer, eos_token_id=eos, max_completion_length=8
     )
     expected = tiny_tokenizer("yes", add_special_tokens=False)["input_ids"] + [eos]
     assert ids[0, : len(expected)].tolist() == expected and int(mask[0].sum()) == len(expected)
     assert ids[1, :3].tolist() == [a, a, a] and int(mask[1].sum()) == 3  # truncated candidate
     assert present.tolist() == [True, False]
     ids, mask, _ = better_response_completions(
-        ["yes yes yes"], cands, tokenizer=tiny_tokenizer, eos_token_id=eos, max_new_tokens=2
+        ["yes yes yes"], cands, tokenizer=tiny_tokenizer, eos_token_id=eos, max_completion_length=2
     )
     assert ids.shape[1] == 2 and eos not in ids[0].tolist()  # cut, so no EOS
 
@@ -177,7 +177,7 @@ def test_generation_in_chunks_calls_generate_per_chunk(tiny_tokenizer):
     batch = tiny_tokenizer(["hello world", "one two"], return_tensors="pt", padding=True)
     config = GenerationConfig(
         do_sample=True,
-        max_new_tokens=5,
+        max_completion_length=5,
         pad_token_id=tiny_tokenizer.pad_token_id,
         eos_token_id=tiny_tokenizer.eos_token_id,
     )
@@ -185,7 +185,7 @@ def test_generation_in_chunks_calls_generate_per_chunk(tiny_tokenizer):
         model,
         batch["input_ids"],
         batch["attention_mask"],
-        num_responses=3,
+        num_generations=3,
         generation_config=config,
         tokenizer=tiny_tokenizer,
         eos_token_ids=[tiny_tokenizer.eos_token_id],

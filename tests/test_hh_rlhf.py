@@ -1,4 +1,4 @@
-"""The HH-RLHF loader on the real test splits in ../shared/data/hh-rlhf."""
+"""The HH-RLHF loader on the real test splits in tests/data/hh-rlhf."""
 
 from __future__ import annotations
 

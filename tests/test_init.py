@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -38,13 +39,39 @@ def test_lazy_name_does_not_pull_trainer():
     assert json.loads(out) == []
 
 
-@pytest.mark.parametrize("name", [n for n in cyclealign.__all__ if n != "__version__"])
-def test_every_public_name_resolves(name):
-    value = getattr(cyclealign, name)
-    assert value is not None
-    assert name in dir(cyclealign)
-    module = __import__("cyclealign", fromlist=[name])
-    assert getattr(module, name) is value
+LAZY_PACKAGES = ["cyclealign", "cyclealign.rankers", "cyclealign.evaluation"]
+
+
+@pytest.mark.parametrize("package", LAZY_PACKAGES)
+def test_every_lazy_name_is_the_object_its_module_defines(package):
+    # In a fresh interpreter, so the lazy path runs (this session has imported it all).
+    code = (
+        "import importlib, json, sys\n"
+        f"package = importlib.import_module({package!r})\n"
+        "checked = []\n"
+        "for name, module in package._EXPORTS.items():\n"
+        "    assert name not in vars(package), f'{name} resolved before first use'\n"
+        "    value = getattr(package, name)\n"
+        "    defined = getattr(importlib.import_module(module, package.__name__), name)\n"
+        "    assert value is defined, (name, value, defined)\n"
+        "    assert vars(package)[name] is defined, name  # cached after first use\n"
+        "    assert name in dir(package) and name in package.__all__, name\n"
+        "    checked.append(name)\n"
+        "print(json.dumps(checked))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout
+    exports = importlib.import_module(package)._EXPORTS
+    assert json.loads(out) == list(exports) and exports
+    for name, module in exports.items():  # and here, where they were resolved already
+        defined = getattr(importlib.import_module(module, package), name)
+        assert getattr(importlib.import_module(package), name) is defined
+
+
+def test_all_lists_exactly_the_exports():
+    assert set(cyclealign.__all__) == {"__version__", *cyclealign._EXPORTS}
+    assert len(cyclealign.__all__) == len(set(cyclealign.__all__))
 
 
 def test_unknown_name_is_attribute_error():

@@ -20,7 +20,7 @@ def config(tmp_path, **overrides):
         output_dir=str(tmp_path),
         per_device_train_batch_size=2,
         max_steps=1,
-        max_new_tokens=16,
+        max_completion_length=16,
         max_prompt_length=64,
         learning_rate=1e-3,
         report_to="none",
@@ -58,7 +58,7 @@ def test_offline_training_on_hh_rlhf_lowers_the_loss(tmp_path, loss):
         data,
         ranking_loss=loss,
         max_steps=8,
-        max_new_tokens=24,
+        max_completion_length=24,
         per_device_eval_batch_size=4,
     )
     before = trainer.evaluate()["eval_loss"]
@@ -88,7 +88,7 @@ SAMPLES = {
 }
 
 
-def scripted_generate(tokenizer, max_new_tokens):
+def scripted_generate(tokenizer, max_completion_length):
     """``generate`` that returns SAMPLES (each ending with EOS, pad == EOS after it), so the
     cycle's real ``sample_candidates`` (EOS search, masks, de-duplication) runs on known text;
     a random tiny model would almost never stop by itself."""
@@ -106,7 +106,7 @@ def scripted_generate(tokenizer, max_new_tokens):
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             # The offline path re-tokenizes the decoded text: it must give back these ids.
             assert tokenizer(tokenizer.decode(ids), add_special_tokens=False)["input_ids"] == ids
-            assert len(ids) < max_new_tokens
+            assert len(ids) < max_completion_length
             completions.append([*ids, eos])
         width = max(len(c) for c in completions)
         padded = torch.tensor([c + [eos] * (width - len(c)) for c in completions])
@@ -120,15 +120,15 @@ def test_cycle_round_log_trained_offline_gives_the_cycle_loss(tmp_path, loss):
     tokenizer = build_tiny_tokenizer()
     ranker = ScriptedRanker()
     model = build_tiny_model(tokenizer, seed=0)
-    model.generate = scripted_generate(tokenizer, max_new_tokens=24)
+    model.generate = scripted_generate(tokenizer, max_completion_length=24)
     cycle = CycleAlignTrainer(
         model,
         config(
             tmp_path / "cycle",
             ranking_loss=loss,
-            num_responses=3,
+            num_generations=3,
             max_rounds=1,
-            max_new_tokens=24,
+            max_completion_length=24,
             use_better_response=False,
             round_log=True,
         ),
@@ -144,7 +144,7 @@ def test_cycle_round_log_trained_offline_gives_the_cycle_loss(tmp_path, loss):
         "json", data_files=str(tmp_path / "cycle" / "round_log.jsonl"), split="train"
     )
     offline = offline_trainer(
-        tmp_path / "offline", log, tokenizer, ranking_loss=loss, max_new_tokens=24
+        tmp_path / "offline", log, tokenizer, ranking_loss=loss, max_completion_length=24
     )
     assert sorted(offline.train_dataset["prompt"]) == sorted(SAMPLES)
     recorded = {
@@ -178,9 +178,9 @@ def test_round_log_rows_with_a_failed_ranking_are_dropped_and_counted(tmp_path, 
         config(
             tmp_path / "cycle",
             max_steps=2,
-            max_new_tokens=6,
+            max_completion_length=6,
             round_log=True,
-            num_responses=3,
+            num_generations=3,
             max_rounds=1,
         ),
         train_dataset=Dataset.from_dict({"prompt": prompts}),
@@ -237,7 +237,7 @@ def test_prompts_with_different_candidate_counts_share_a_batch(tmp_path):
             "rewards": [0.5, -1.0, 2.0],
         },
     ]
-    trainer = offline_trainer(tmp_path, rows, max_new_tokens=4)
+    trainer = offline_trainer(tmp_path, rows, max_completion_length=4)
     batch = trainer.data_collator(rows)
     assert batch["candidate_mask"].tolist() == [[True, True, False], [True, True, True]]
     assert batch["rewards"][0, :2].tolist() == [1.0, 0.0]  # ranking -> linear rewards
@@ -246,6 +246,6 @@ def test_prompts_with_different_candidate_counts_share_a_batch(tmp_path):
     tokens = batch["completion_ids"][0, 1][batch["completion_mask"][0, 1]].tolist()
     assert tokens[-1] == eos  # a finished answer ends with EOS
     cut = batch["completion_ids"][1, 0][batch["completion_mask"][1, 0]].tolist()
-    assert len(cut) == 4 and eos not in cut  # cut at max_new_tokens: did not end there
+    assert len(cut) == 4 and eos not in cut  # cut at max_completion_length: did not end there
     trainer.train()
     assert trainer.state.global_step == 1

@@ -125,7 +125,7 @@ def test_sampled_candidates_scored_by_a_reward_model_join_hh_rlhf_pairs(tiny_tok
         tiny_tokenizer,
         scorer.score,
         num_samples=3,
-        max_new_tokens=5,
+        max_completion_length=5,
     )
     assert tiny_tokenizer.padding_side == side  # the caller's tokenizer is left alone
     assert [len(s) for s in samples] == [3, 3] and [len(s) for s in scores] == [3, 3]

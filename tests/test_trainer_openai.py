@@ -19,8 +19,8 @@ def make_trainer(tmp_path, tokenizer, ranker, **overrides):
     settings = dict(
         output_dir=str(tmp_path),
         per_device_train_batch_size=4,
-        num_responses=3,
-        max_new_tokens=6,
+        num_generations=3,
+        max_completion_length=6,
         max_rounds=1,
         max_steps=1,
         learning_rate=1e-3,

@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test")
     ev.add_argument("--num_samples", type=int, default=100, help="Prompts, even per subset.")
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--max_new_tokens", type=int, default=128)
+    ev.add_argument("--max_completion_length", type=int, default=128)
     ev.add_argument("--batch_size", type=int, default=8)
     ev.add_argument("--reward_model", default=None, help="AutoModelForSequenceClassification.")
     ev.add_argument("--judge_model", default=None, help="Judge model name on the server.")

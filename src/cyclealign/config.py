@@ -48,19 +48,27 @@ class CycleAlignConfig(TrainingArguments):
         max_prompt_length (`int` or `None`, *optional*, defaults to `256`):
             Prompts longer than this many tokens lose their oldest tokens (left truncation keeps
             the end of the conversation, where the question is). `None` keeps everything.
-        num_responses (`int`, *optional*, defaults to `4`):
+        num_generations (`int`, *optional*, defaults to `4`):
             Responses sampled per prompt in each round. Identical samples of one prompt are
             collapsed, so a prompt may end up with fewer candidates.
-        max_new_tokens (`int`, *optional*, defaults to `64`):
+        max_completion_length (`int`, *optional*, defaults to `64`):
             Length limit of a sampled response. A response cut by this limit has no EOS; one that
             ended by itself keeps its EOS as a scored token.
         temperature (`float`, *optional*, defaults to `1.0`):
             Sampling temperature (> 0).
         top_p (`float`, *optional*, defaults to `1.0`):
-            Nucleus sampling mass in (0, 1]. Top-k filtering is off (`top_k=0`) unless
-            `generation_kwargs` sets it.
+            Nucleus sampling mass in (0, 1]. `1.0` considers every token.
+        top_k (`int`, *optional*, defaults to `0`):
+            Keep only the `top_k` most likely tokens at each step. `0` disables top-k filtering.
+        min_p (`float` or `None`, *optional*):
+            Minimum token probability, scaled by the probability of the most likely token, in
+            [0, 1] (typical values 0.01-0.2). `None` disables it.
+        repetition_penalty (`float`, *optional*, defaults to `1.0`):
+            Penalty (> 0) for tokens already in the prompt or the response so far: above `1.0`
+            encourages new tokens, below `1.0` repetition. `1.0` disables it.
         generation_kwargs (`dict[str, Any]` or `str`, *optional*):
-            Extra [`~transformers.GenerationConfig`] fields; they override the ones above.
+            Extra [`~transformers.GenerationConfig`] fields. Where one names a parameter above
+            (`top_k`, `min_p`, ...), it overrides that parameter, as in TRL.
 
         > Parameters that control the cycle
 
@@ -128,7 +136,7 @@ class CycleAlignConfig(TrainingArguments):
     >   black-box calls).
     > - `num_train_epochs`: `1.0` instead of `3.0` (the paper trains one epoch).
     > - `per_device_train_batch_size`: `2` instead of `8` (each prompt becomes
-    >   `num_responses` sequences, up to `max_rounds` times per step).
+    >   `num_generations` sequences, up to `max_rounds` times per step).
     >
     > `gradient_accumulation_steps` must stay `1`: rounds update the weights between each
     > other, so accumulating across micro-batches would mix gradients of different models.
@@ -180,17 +188,31 @@ class CycleAlignConfig(TrainingArguments):
         default=256,
         metadata={"help": "Prompts longer than this (tokens) are left-truncated. None: no limit."},
     )
-    num_responses: int = field(
+    num_generations: int = field(
         default=4, metadata={"help": "Responses sampled per prompt per round."}
     )
-    max_new_tokens: int = field(
+    max_completion_length: int = field(
         default=64, metadata={"help": "Maximum tokens of a sampled response."}
     )
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (> 0)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass in (0, 1]."})
+    top_k: int = field(
+        default=0, metadata={"help": "Top-k filtering: keep the k most likely tokens. 0: off."}
+    )
+    min_p: float | None = field(
+        default=None,
+        metadata={
+            "help": "Minimum token probability relative to the most likely token, in [0, 1]. "
+            "None: off."
+        },
+    )
+    repetition_penalty: float = field(
+        default=1.0,
+        metadata={"help": "Penalty (> 0) for tokens already seen; > 1.0 discourages repeats."},
+    )
     generation_kwargs: dict | str | None = field(
         default=None,
-        metadata={"help": "Extra GenerationConfig fields; they override the ones above."},
+        metadata={"help": "Extra GenerationConfig fields; where one names a field above, it wins."},
     )
 
     # -- the cycle ------------------------------------------------------------------------------
@@ -290,9 +312,9 @@ class CycleAlignConfig(TrainingArguments):
                 "micro-batches would come from different models. Raise "
                 "per_device_train_batch_size instead."
             )
-        _check_int("num_responses", self.num_responses, 2, "a ranking needs two responses")
+        _check_int("num_generations", self.num_generations, 2, "a ranking needs two responses")
         _check_int("max_rounds", self.max_rounds, 1, "at least one round per step")
-        _check_int("max_new_tokens", self.max_new_tokens, 1, "responses need a token")
+        _check_int("max_completion_length", self.max_completion_length, 1, "responses need a token")
         _check_int("max_demonstrations", self.max_demonstrations, 0, "0 sends none")
         _check_int("demonstration_pool_size", self.demonstration_pool_size, 1, "")
         for name in ("max_prompt_length", "scoring_batch_size", "demonstration_max_chars"):
@@ -307,6 +329,17 @@ class CycleAlignConfig(TrainingArguments):
             raise ValueError(
                 f"CycleAlignConfig: top_p must be in (0, 1], got {self.top_p}. Use 1.0 to disable "
                 "nucleus sampling."
+            )
+        _check_int("top_k", self.top_k, 0, "0 disables top-k filtering")
+        if self.min_p is not None and not 0 <= self.min_p <= 1:
+            raise ValueError(
+                f"CycleAlignConfig: min_p must be in [0, 1] or None, got {self.min_p}. Typical "
+                "values are 0.01-0.2; None disables it."
+            )
+        if not self.repetition_penalty > 0:
+            raise ValueError(
+                f"CycleAlignConfig: repetition_penalty must be > 0, got "
+                f"{self.repetition_penalty}. Use 1.0 to disable it."
             )
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:

@@ -2,7 +2,7 @@
 
 Layout: a prompt is left-padded (``[B, P]``), its candidates are right-padded completions
 (``[B, C, L]``). A response token is a position from the end of the prompt up to and
-including the first EOS; a response cut by ``max_new_tokens`` has no EOS and none is
+including the first EOS; a response cut by ``max_completion_length`` has no EOS and none is
 appended. The completion mask is built from these positions, never from ``!= pad_token_id``,
 so tokenizers whose pad token is the EOS token work.
 """
@@ -48,7 +48,7 @@ class Candidates:
     completion_mask: torch.Tensor  # [B, C, L] bool, response tokens (EOS included)
     candidate_mask: torch.Tensor  # [B, C] bool, distinct responses
     texts: list[list[str]]  # distinct response texts per prompt
-    truncated: list[list[bool]]  # per distinct response: cut by max_new_tokens (no EOS)
+    truncated: list[list[bool]]  # per distinct response: cut by max_completion_length (no EOS)
 
 
 @contextmanager
@@ -77,18 +77,18 @@ def sample_candidates(
     prompt_ids: torch.Tensor,
     prompt_mask: torch.Tensor,
     *,
-    num_responses: int,
+    num_generations: int,
     generation_config: Any,
     tokenizer: Any,
     eos_token_ids: Sequence[int],
     chunk_rows: int | None = None,
 ) -> Candidates:
-    """Sample ``num_responses`` responses per prompt in one ``generate`` call (or in calls of
+    """Sample ``num_generations`` responses per prompt in one ``generate`` call (or in calls of
     ``chunk_rows`` sequences, to bound memory), then collapse identical responses of a
     prompt (same decoded text) to one candidate."""
     batch, prompt_len = prompt_ids.shape
-    ids = prompt_ids.repeat_interleave(num_responses, dim=0)
-    mask = prompt_mask.repeat_interleave(num_responses, dim=0)
+    ids = prompt_ids.repeat_interleave(num_generations, dim=0)
+    mask = prompt_mask.repeat_interleave(num_generations, dim=0)
     step = chunk_rows or ids.shape[0]
     outs = [
         model.generate(
@@ -116,18 +116,18 @@ def sample_candidates(
     width = int(lengths.max())
     completions = completions[:, :width]
     mask = torch.arange(width, device=completions.device)[None, :] < lengths[:, None]
-    completions = completions.view(batch, num_responses, width)
-    mask = mask.view(batch, num_responses, width)
-    lengths_list = lengths.view(batch, num_responses).tolist()
-    ended_list = ended.view(batch, num_responses).tolist()
+    completions = completions.view(batch, num_generations, width)
+    mask = mask.view(batch, num_generations, width)
+    lengths_list = lengths.view(batch, num_generations).tolist()
+    ended_list = ended.view(batch, num_generations).tolist()
 
-    slots = torch.zeros(batch, num_responses, dtype=torch.long)
-    candidate_mask = torch.zeros(batch, num_responses, dtype=torch.bool)
+    slots = torch.zeros(batch, num_generations, dtype=torch.long)
+    candidate_mask = torch.zeros(batch, num_generations, dtype=torch.bool)
     texts: list[list[str]] = []
     truncated: list[list[bool]] = []
     for b in range(batch):
         seen: dict[str, int] = {}
-        for j in range(num_responses):
+        for j in range(num_generations):
             n_text = lengths_list[b][j] - (1 if ended_list[b][j] else 0)
             text = tokenizer.decode(completions[b, j, :n_text].tolist(), skip_special_tokens=True)
             if text not in seen:
@@ -156,13 +156,13 @@ def better_response_completions(
     *,
     tokenizer: Any,
     eos_token_id: int,
-    max_new_tokens: int,
+    max_completion_length: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Completion ids ``[B, L']``, mask ``[B, L']`` and presence ``[B]`` of the black box's
     improved responses.
 
     A better response is a finished answer, so it gets an EOS (unless it has to be cut to
-    ``max_new_tokens``). Prompts without one get a copy of their first candidate, so every
+    ``max_completion_length``). Prompts without one get a copy of their first candidate, so every
     row is a real sequence and the forward pass has the same shape on every process.
     """
     device = candidates.completion_ids.device
@@ -170,7 +170,7 @@ def better_response_completions(
     present = []
     for b, text in enumerate(texts):
         if text:
-            rows.append(finished_response_ids(text, tokenizer, eos_token_id, max_new_tokens))
+            rows.append(finished_response_ids(text, tokenizer, eos_token_id, max_completion_length))
             present.append(True)
         else:
             n = int(candidates.completion_mask[b, 0].sum())
@@ -186,13 +186,13 @@ def better_response_completions(
 
 
 def finished_response_ids(
-    text: str, tokenizer: Any, eos_token_id: int, max_new_tokens: int | None
+    text: str, tokenizer: Any, eos_token_id: int, max_completion_length: int | None
 ) -> list[int]:
     """Token ids of a finished answer given as text: its tokens and an EOS, cut to
-    ``max_new_tokens`` (then without the EOS: the answer did not end there). Used for the
+    ``max_completion_length`` (then without the EOS: the answer did not end there). Used for the
     black box's improved responses and for offline ranked data."""
     ids = [*tokenizer(text, add_special_tokens=False)["input_ids"], eos_token_id]
-    return ids if max_new_tokens is None else ids[:max_new_tokens]
+    return ids if max_completion_length is None else ids[:max_completion_length]
 
 
 def accepts_logits_to_keep(model: Any) -> bool:
@@ -277,17 +277,20 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
 
 
 def sampling_config(args: Any, tokenizer: Any, eos_ids: Sequence[int]) -> Any:
-    """The ``GenerationConfig`` of the rounds: pure sampling (``top_k=0``) at ``temperature`` and
-    ``top_p``, overridden by ``args.generation_kwargs``."""
+    """The ``GenerationConfig`` of the rounds: sampling with the config's ``temperature``,
+    ``top_p``, ``top_k``, ``min_p`` and ``repetition_penalty``, overridden key by key by
+    ``args.generation_kwargs`` (as TRL's trainers do)."""
     from transformers import GenerationConfig
 
     return GenerationConfig(
         **{
-            "max_new_tokens": args.max_new_tokens,
+            "max_new_tokens": args.max_completion_length,
             "do_sample": True,
             "temperature": args.temperature,
             "top_p": args.top_p,
-            "top_k": 0,
+            "top_k": args.top_k,
+            "min_p": args.min_p,
+            "repetition_penalty": args.repetition_penalty,
             "pad_token_id": tokenizer.pad_token_id,
             "eos_token_id": list(eos_ids),
             **(args.generation_kwargs or {}),

@@ -7,7 +7,7 @@ forward pass and the loss are the cycle's own (``generation.completion_token_log
 configured ``RankingLoss``).
 
 Every response is scored as a finished answer: its tokens and an EOS, cut to
-``max_new_tokens`` (a cut response has no EOS), exactly like the black box's improved
+``max_completion_length`` (a cut response has no EOS), exactly like the black box's improved
 response in the cycle (``generation.finished_response_ids``).
 """
 

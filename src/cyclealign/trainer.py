@@ -134,7 +134,7 @@ class CycleAlignTrainer(Trainer):
                 RankedCollator(
                     processing_class,
                     args.max_prompt_length,
-                    args.max_new_tokens,
+                    args.max_completion_length,
                     eos_token_ids(model, processing_class)[0],
                 )
                 if offline
@@ -234,7 +234,7 @@ class CycleAlignTrainer(Trainer):
                 unwrapped,
                 inputs["input_ids"],
                 inputs["attention_mask"],
-                num_responses=args.num_responses,
+                num_generations=args.num_generations,
                 generation_config=self.generation_config,
                 tokenizer=tokenizer,
                 eos_token_ids=self.eos_token_ids,
@@ -324,7 +324,7 @@ class CycleAlignTrainer(Trainer):
             cands,
             tokenizer=self.processing_class,
             eos_token_id=self.eos_token_ids[0],
-            max_new_tokens=self.args.max_new_tokens,
+            max_completion_length=self.args.max_completion_length,
         )
         better_logps, better_mask = completion_token_logps(
             model,
@@ -352,7 +352,7 @@ class CycleAlignTrainer(Trainer):
         size = self.args.scoring_batch_size
         if size is None:
             return 1
-        rows = self.args.per_device_eval_batch_size * self.args.num_responses
+        rows = self.args.per_device_eval_batch_size * self.args.num_generations
         return -(-rows // size)  # from config values, hence equal on every process
 
     # -- evaluation ----------------------------------------------------------------------------

@@ -158,7 +158,7 @@ def sample_and_score(
     tokenizer: Any,
     score_fn: Callable[[list[Any], list[str]], Sequence[float]],
     num_samples: int = 2,
-    max_new_tokens: int = 64,
+    max_completion_length: int = 64,
     temperature: float = 1.0,
     max_prompt_length: int | None = None,
 ) -> tuple[list[list[str]], list[list[float]]]:
@@ -189,7 +189,7 @@ def sample_and_score(
                 do_sample=True,
                 temperature=temperature,
                 top_k=0,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=max_completion_length,
                 num_return_sequences=num_samples,
                 pad_token_id=pad,
                 eos_token_id=eos,

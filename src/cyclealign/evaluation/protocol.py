@@ -68,7 +68,7 @@ def generate_responses(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[Any],
-    max_new_tokens: int = 128,
+    max_completion_length: int = 128,
     batch_size: int = 8,
     max_prompt_length: int | None = 512,
 ) -> list[str]:
@@ -93,7 +93,7 @@ def generate_responses(
         ).to(device)
         out = model.generate(
             **batch,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=max_completion_length,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
         )

@@ -40,7 +40,11 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
     prompts, subsets = list(data["prompt"]), list(data["subset"])
     model, tokenizer = load_policy(args.model, args.adapter)
     answers = generate_responses(
-        model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+        model,
+        tokenizer,
+        prompts,
+        max_completion_length=args.max_completion_length,
+        batch_size=args.batch_size,
     )
     results: dict[str, Any] = {"model": args.model, "adapter": args.adapter, "n": len(prompts)}
     sections = [f"# Evaluation of {args.model}\n"]
@@ -63,7 +67,7 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
             base_model,
             base_tokenizer,
             prompts,
-            max_new_tokens=args.max_new_tokens,
+            max_completion_length=args.max_completion_length,
             batch_size=args.batch_size,
         )
         judge = OpenAIRanker(
