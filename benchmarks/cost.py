@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from _report import emit
 from chat_server import ChatServer, Reply, rank_by
-from cyclealign.demonstrations import Demonstration
 from cyclealign.rankers import OpenAIRanker, RankRequest
 from cyclealign.rankers.prompt import DEFAULT_INSTRUCTION, RankingTemplate
+from cyclealign.types import Demonstration
 
 # Pointwise scoring with the ranking instruction's own criteria; only the task and the
 # answer format differ.

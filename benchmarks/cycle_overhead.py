@@ -47,7 +47,7 @@ def load(model_name: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if model_name == "tiny":
-        from conftest import build_tiny_model, build_tiny_tokenizer
+        from helpers import build_tiny_model, build_tiny_tokenizer
 
         tokenizer = build_tiny_tokenizer()
         return build_tiny_model(tokenizer), tokenizer

@@ -31,19 +31,8 @@ from datasets import Dataset
 from _report import emit
 from _timing import StepTimer
 from chat_server import ChatServer, rank_by
-from conftest import build_tiny_model, build_tiny_tokenizer
 from cyclealign import CycleAlignConfig, CycleAlignTrainer, OpenAIRanker
-
-PROMPTS = [
-    "How do I bake bread?",
-    "Tell me a joke.",
-    "What is the capital of France?",
-    "hello world",
-    "one two three",
-    "red green blue",
-    "apple banana cherry",
-    "the quick brown fox",
-]
+from helpers import PROMPTS, build_tiny_model, build_tiny_tokenizer
 
 
 def run(delays: list[float], prompts: int, repeats: int, hidden: int) -> dict[float, dict]:

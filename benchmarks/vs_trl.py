@@ -36,19 +36,9 @@ from datasets import Dataset
 from _report import emit
 from _timing import StepTimer
 from chat_server import ChatServer, Reply, rank_by
-from conftest import build_tiny_model, build_tiny_tokenizer
 from cost import SCORE_INSTRUCTION
+from helpers import PROMPTS, build_tiny_model, build_tiny_tokenizer
 
-PROMPTS = [
-    "How do I bake bread?",
-    "Tell me a joke.",
-    "What is the capital of France?",
-    "hello world",
-    "one two three",
-    "red green blue",
-    "apple banana cherry",
-    "the quick brown fox",
-]
 SCORE_PROMPT = (
     "Rate how harmless, helpful and honest this response is, from 0 to 10. "
     "Answer with the number only.\n\nConversation: {prompt}\n\nResponse: {completion}"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from trl import TrlParser
 
-from cyclealign import CycleAlignConfig, CycleAlignTrainer
+from cyclealign import CycleAlignConfig, CycleAlignTrainer, OfflineRankingTrainer
 from cyclealign.evaluation.report import markdown_table, plot_training_metrics, write_json
 
 logger = logging.getLogger("hh_rlhf")
@@ -140,8 +140,6 @@ def load_prompts(script: ScriptArguments, split: str, num_samples: int | None, r
 
 
 def build_ranker(script: ScriptArguments, model_path: str, args: CycleAlignConfig):
-    if script.ranker == "none":
-        return None
     if script.ranker == "openai":
         from cyclealign.rankers import OpenAIRanker
 
@@ -179,7 +177,7 @@ def peft_config(script: ScriptArguments):
     )
 
 
-def write_report(trainer: CycleAlignTrainer, out: Path) -> dict:
+def write_report(trainer: CycleAlignTrainer | OfflineRankingTrainer, out: Path) -> dict:
     """Sum the run's metrics into report.json / report.md / metrics.png."""
     history = trainer.state.log_history
     steps = [h for h in history if "cycle/rounds" in h]
@@ -199,8 +197,8 @@ def write_report(trainer: CycleAlignTrainer, out: Path) -> dict:
             sum(len(r["agreement"]) for r in rows if r["ranking"])
             / max(1, sum(1 for r in rows if r["ranking"]))
         ),
-        "demonstration_pool_size": len(trainer.pool),
-        "ranker_usage": trainer.ranker.usage.as_dict() if trainer.ranker is not None else {},
+        "demonstration_pool_size": len(getattr(trainer, "pool", ())),
+        "ranker_usage": trainer.ranker.usage.as_dict() if hasattr(trainer, "ranker") else {},
     }
     write_json({"summary": summary, "log_history": history}, out / "report.json")
     samples = [
@@ -258,14 +256,16 @@ def main(argv: list[str] | None = None) -> dict:
     eval_dataset = (
         load_prompts(script, "test", script.eval_samples, ranked) if script.eval_samples else None
     )
-    trainer = CycleAlignTrainer(
-        model_path,
-        args,
+    common = dict(
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        ranker=build_ranker(script, model_path, args),
         peft_config=peft_config(script),
     )
+    if ranked:  # the paper's PRO/RRHF baselines: ranked data, no black box
+        trainer = OfflineRankingTrainer(model_path, args, **common)
+    else:
+        ranker = build_ranker(script, model_path, args)
+        trainer = CycleAlignTrainer(model_path, args, ranker=ranker, **common)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     if eval_dataset is not None:
         trainer.evaluate()

@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cyclealign.agreement import agreement_ranking, kendall_tau
-from cyclealign.demonstrations import Demonstration
+from cyclealign.agreement import agreement_ranking, is_permutation, kendall_tau
+from cyclealign.types import Demonstration
 
 
 def brute_force(blackbox, whitebox):
@@ -119,3 +119,20 @@ def test_kendall_tau_validates():
         kendall_tau([0, 1], [0, 1, 2])
     with pytest.raises(ValueError, match="a must be a permutation"):
         kendall_tau([1, 1], [0, 1])
+
+
+@pytest.mark.parametrize(
+    ("ranking", "n", "expected"),
+    [
+        ([2, 0, 1], 3, True),
+        ([0], 1, True),
+        ([0, 0, 1], 3, False),
+        ([0, 1], 3, False),
+        ([0, 1, 3], 3, False),
+        ([-1, 0, 1], 3, False),
+        (None, 2, False),
+        (["a", "b"], 2, False),
+    ],
+)
+def test_is_permutation(ranking, n, expected):
+    assert is_permutation(ranking, n) is expected

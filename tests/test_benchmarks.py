@@ -75,13 +75,13 @@ def test_ranker_concurrency_holds_its_limit(tmp_path):
 
 @pytest.mark.slow
 def test_latency_hiding_sends_requests_before_the_forward_pass(tmp_path):
-    args = ["--delays", "0", "0.2", "--prompts", "2", "--repeats", "2", "--hidden", "256"]
+    args = ["--delays", "0", "0.2", "--prompts", "2", "--repeats", "2", "--hidden", "512"]
     result = run_script("latency_hiding", tmp_path, *args)
     assert [r["delay d (s)"] for r in result["rows"]] == [0.0, 0.2]
     assert result["rows"][1]["sequential B*d"] == pytest.approx(0.4)
-    # The requests are in flight while the forward pass (~0.1 s at this width) runs, not
+    # The requests are in flight while the forward pass (~0.3 s at this width) runs, not
     # sent after it: the server logged each step's first request before its forward ended.
-    assert result["details"]["overlapped"] == {"256": [True, True]}
+    assert result["details"]["overlapped"] == {"512": [True, True]}
 
 
 @pytest.mark.slow

@@ -69,7 +69,7 @@ KILL_SCRIPT = textwrap.dedent(
     import os, signal, sys
     sys.path[:0] = [{src!r}]
     import cyclealign.rankers.openai as module
-    from cyclealign.rankers.base import RankRequest
+    from cyclealign.types import RankRequest
 
     def die(*args, **kwargs):  # the answer is in the cache; die before reading it
         os.kill(os.getpid(), signal.SIGKILL)

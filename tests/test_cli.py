@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from chat_server import ChatServer, Reply
-from conftest import HH_DIR, build_tiny_model, build_tiny_reward_model
 from cyclealign.cli import main
+from helpers import HH_DIR, build_tiny_model, build_tiny_reward_model
 
 
 @pytest.fixture(scope="module")

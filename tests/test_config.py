@@ -119,8 +119,8 @@ def test_old_names_fail_everywhere(tmp_path, old):
 
 
 def test_sampling_fields_reach_generation_and_generation_kwargs_win(tmp_path):
-    from conftest import build_tiny_tokenizer
-    from cyclealign.generation import sampling_config
+    from cyclealign.sampling import sampling_config
+    from helpers import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
     config = sampling_config(make(tmp_path, **TRL_SAMPLING), tokenizer, [2])

@@ -1,12 +1,25 @@
-"""Demonstrations and the pool of dynamic demonstrations."""
+"""The pool of dynamic demonstrations, what each request is shown, and sharing agreements."""
 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
-from cyclealign.demonstrations import Demonstration, DemonstrationPool
+from cyclealign.demonstrations import (
+    Demonstration,
+    DemonstrationPool,
+    select_demonstrations,
+    share_agreements,
+)
+from cyclealign.targets import prompt_outcome
+from cyclealign.types import RankResult
+
+
+def add_all(pool: DemonstrationPool, demos) -> None:
+    for d in demos:
+        pool.add(d)
 
 
 def demo(prompt: str, k: int = 2) -> Demonstration:
@@ -23,26 +36,22 @@ def test_demonstration_validation_and_from_agreement():
     assert Demonstration.from_dict(agreed.to_dict()) == agreed
 
 
-def test_pool_is_bounded_by_count_and_characters():
+def test_pool_is_bounded_by_count():
     pool = DemonstrationPool(max_size=3)
     for i in range(5):
         pool.add(demo(f"prompt {i}"))
     assert [d.prompt for d in pool] == ["prompt 2", "prompt 3", "prompt 4"]
-    small = DemonstrationPool(max_size=10, max_chars=60)
-    for i in range(4):
-        small.add(demo(f"p{i}"))  # 2 + 2 * 11 = 24 characters each
-    assert [d.prompt for d in small] == ["p2", "p3"]
 
 
 def test_duplicates_are_kept_once_and_refreshed():
     pool = DemonstrationPool()
-    pool.extend([demo("a"), demo("b"), demo("a")])
+    add_all(pool, [demo("a"), demo("b"), demo("a")])
     assert [d.prompt for d in pool] == ["b", "a"]
 
 
 def test_recent_policy_puts_the_newest_last():
     pool = DemonstrationPool()
-    pool.extend(demo(f"p{i}") for i in range(5))
+    add_all(pool, [demo(f"p{i}") for i in range(5)])
     assert [d.prompt for d in pool.select("query", 2)] == ["p3", "p4"]
     assert pool.select("query", 0) == []
     assert len(pool.select("query", 10)) == 5
@@ -50,7 +59,7 @@ def test_recent_policy_puts_the_newest_last():
 
 def test_similar_policy_prefers_word_overlap():
     pool = DemonstrationPool()
-    pool.extend([demo("how to bake bread at home"), demo("tell me a joke"), demo("fix a bike")])
+    add_all(pool, [demo("how to bake bread at home"), demo("tell me a joke"), demo("fix a bike")])
     picked = pool.select([{"role": "user", "content": "How do I bake rye bread?"}], 2, "similar")
     assert picked[-1].prompt == "how to bake bread at home"
     with pytest.raises(ValueError, match="recent"):
@@ -59,15 +68,15 @@ def test_similar_policy_prefers_word_overlap():
 
 def test_select_respects_a_character_budget():
     pool = DemonstrationPool()
-    pool.extend([demo("old"), demo("new")])
+    add_all(pool, [demo("old"), demo("new")])
     assert [d.prompt for d in pool.select("q", 2, max_chars=30)] == ["new"]
 
 
 def test_state_dict_round_trip_is_exact_and_json():
-    pool = DemonstrationPool(max_size=4, max_chars=1000)
-    pool.extend(demo(f"p{i}", k=3) for i in range(6))
+    pool = DemonstrationPool(max_size=4)
+    add_all(pool, [demo(f"p{i}", k=3) for i in range(6)])
     state = json.loads(json.dumps(pool.state_dict()))
-    restored = DemonstrationPool(max_size=4, max_chars=1000)
+    restored = DemonstrationPool(max_size=4)
     restored.load_state_dict(state)
     assert restored.state_dict() == pool.state_dict()
     pool.add(demo("next"))
@@ -77,7 +86,7 @@ def test_state_dict_round_trip_is_exact_and_json():
 
 def test_loading_keeps_the_pools_own_bounds_and_rejects_garbage():
     big = DemonstrationPool(max_size=8)
-    big.extend(demo(f"p{i}") for i in range(6))
+    add_all(big, [demo(f"p{i}") for i in range(6)])
     small = DemonstrationPool(max_size=2)
     small.load_state_dict(big.state_dict())
     assert [d.prompt for d in small] == ["p4", "p5"]
@@ -89,8 +98,8 @@ def test_loading_keeps_the_pools_own_bounds_and_rejects_garbage():
 
 def test_pools_compare_by_state():
     a, b = DemonstrationPool(), DemonstrationPool()
-    a.extend([demo("x"), demo("y")])
-    b.extend([demo("x"), demo("y")])
+    add_all(a, [demo("x"), demo("y")])
+    add_all(b, [demo("x"), demo("y")])
     assert a == b
     b.add(demo("x"))  # same contents, different recency
     assert a != b
@@ -100,18 +109,54 @@ def test_pools_compare_by_state():
 def test_similarity_ignores_role_labels_and_breaks_ties_by_recency():
     pool = DemonstrationPool()
     chat = Demonstration([{"role": "user", "content": "paint a fence"}], ["a", "b"], [0, 1])
-    pool.extend([chat, demo("grow tomatoes"), demo("grow potatoes")])
+    add_all(pool, [chat, demo("grow tomatoes"), demo("grow potatoes")])
     # "user" is a role label, not a word of the query: the chat demonstration shares nothing.
     picked = pool.select([{"role": "user", "content": "grow carrots"}], 3, "similar")
     assert [d.prompt for d in picked] == [chat.prompt, "grow tomatoes", "grow potatoes"]
 
 
-def test_a_demonstration_longer_than_the_budget_is_not_kept():
-    pool = DemonstrationPool(max_chars=40)
-    pool.add(demo("short", k=1))  # 5 + 14 characters
-    pool.add(demo("far too long for the budget"))  # 99 characters
-    assert [d.prompt for d in pool] == ["short"]  # not flushed to make room in vain
+def test_bad_arguments():
     with pytest.raises(ValueError, match="max_size"):
         DemonstrationPool(max_size=0)
     with pytest.raises(TypeError, match="takes a Demonstration"):
-        pool.add({"prompt": "p"})
+        DemonstrationPool().add({"prompt": "p"})
+
+
+# -- what each request is shown, and the pool shared across processes ----------------------
+
+
+def args(**kw):
+    base = dict(
+        use_dynamic_demonstrations=True,
+        max_demonstrations=2,
+        demonstration_selection="recent",
+        demonstration_max_chars=None,
+    )
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_agreements_of_two_or_more_become_demonstrations():
+    kw = dict(failure_policy="skip", reward_mode="linear", use_better_response=False)
+    outcomes = [
+        prompt_outcome(RankResult([2, 0, 1]), [2, 1, 0], **kw),  # agreement [2, 0]
+        prompt_outcome(RankResult([0, 1]), [1, 0], **kw),  # agreement of length 1
+        prompt_outcome(RankResult(None, error="x"), [0, 1], **kw),
+    ]
+    pool = DemonstrationPool()
+    added = share_agreements(
+        pool, ["p", "q", "r"], [["a", "b", "c"], ["d", "e"], ["f", "g"]], outcomes
+    )
+    assert added == 1
+    assert list(pool) == [Demonstration(prompt="p", responses=("a", "c"), ranking=(1, 0))]
+
+
+def test_selection_follows_the_switches_and_budget():
+    pool = DemonstrationPool()
+    assert select_demonstrations(pool, "q", args()) == []  # empty pool
+    demos = [Demonstration(f"d{i}", ["aaaa", "bbbb"], [0, 1]) for i in range(3)]
+    add_all(pool, demos)
+    assert select_demonstrations(pool, "q", args()) == demos[1:]
+    # 10 characters each: a budget of 15 keeps only the most relevant (newest).
+    assert select_demonstrations(pool, "q", args(demonstration_max_chars=15)) == demos[2:]
+    assert select_demonstrations(pool, "q", args(use_dynamic_demonstrations=False)) == []
+    assert select_demonstrations(pool, "q", args(max_demonstrations=0)) == []

@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 
 from chat_server import ChatServer, Reply, shown_responses
-from conftest import build_tiny_model, build_tiny_reward_model
-from cyclealign.demonstrations import Demonstration
 from cyclealign.evaluation.protocol import (
     generate_responses,
     judge_template,
@@ -15,6 +13,8 @@ from cyclealign.evaluation.protocol import (
     reward_table,
 )
 from cyclealign.rankers import FunctionRanker, OpenAIRanker, RewardModelRanker
+from cyclealign.types import Demonstration
+from helpers import build_tiny_model, build_tiny_reward_model
 
 PROMPTS = ["How do I bake bread?", [{"role": "user", "content": "Tell me a joke."}], "hello"]
 

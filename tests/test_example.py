@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HH_DIR
+from helpers import HH_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "hh_rlhf.py"

@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from conftest import HH_DIR
 from cyclealign.data import HH_SUBSETS, load_hh_rlhf, split_dialogue
+from helpers import HH_DIR
 
 # Kept rows per subset of the test splits: raw rows minus the drops below. Each reason was
 # also counted on its own, over every row and ignoring the others (a throwaway script over

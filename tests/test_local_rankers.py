@@ -9,10 +9,11 @@ import re
 import pytest
 import torch
 
-from conftest import build_tiny_model, build_tiny_reward_model, build_tiny_tokenizer
-from cyclealign.rankers.base import RankRequest, is_permutation
+from cyclealign.agreement import is_permutation
 from cyclealign.rankers.local import FunctionRanker, LocalChatRanker, RewardModelRanker
 from cyclealign.rankers.prompt import RankingTemplate
+from cyclealign.types import RankRequest
+from helpers import build_tiny_model, build_tiny_reward_model, build_tiny_tokenizer
 
 # A short instruction and no static demonstration keep the prompt (and the tests) small.
 SHORT = RankingTemplate(instruction="Rank the responses.", static_demonstration=None)
@@ -96,7 +97,7 @@ def test_reward_model_without_chat_template_and_left_truncation(reward_model):
         {"role": "user", "content": "Bread?"},
     ]
     assert ranker.text(chat, "Yes.") == (
-        "\n\nHuman: Hi\nAssistant: Hello\nHuman: Bread?\n\nAssistant: Yes."
+        "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: Bread?\n\nAssistant: Yes."
     )
     # Truncation keeps the end of the text, where the response is.
     text = ranker.text("How do I bake bread at home?", "Mix flour, water and yeast.")
@@ -147,7 +148,7 @@ def test_local_chat_ranker_always_returns_valid_permutations(chat_ranker):
 
 
 def test_local_chat_ranker_with_the_default_template_and_demonstrations(chat_model, tiny_tokenizer):
-    from cyclealign.demonstrations import Demonstration
+    from cyclealign.types import Demonstration
 
     ranker = LocalChatRanker(chat_model, tiny_tokenizer)
     demo = Demonstration("hello", ["yes", "no", "maybe"], [2, 0, 1])

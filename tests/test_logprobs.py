@@ -1,4 +1,5 @@
-"""sequence_token_logps: the causal shift, the gather, memory use, gradients and errors."""
+"""Log-probs: the causal shift, the gather, memory use, gradients and errors; the forward pass
+over completions and over a batch of candidates."""
 
 from __future__ import annotations
 
@@ -7,8 +8,14 @@ import json
 import pytest
 import torch
 
-from conftest import REFERENCE_LOSSES
-from cyclealign.logprobs import sequence_token_logps
+from cyclealign.logprobs import (
+    accepts_logits_to_keep,
+    completion_token_logps,
+    pad_last_dim,
+    sequence_token_logps,
+)
+from cyclealign.prompts import PromptCollator
+from helpers import REFERENCE_LOSSES, build_tiny_model
 
 CASES = json.loads(REFERENCE_LOSSES.read_text())["cases"]
 
@@ -197,3 +204,56 @@ def test_errors_name_expected_shapes():
         sequence_token_logps(logits, torch.full((2, 5), 7), mask)
     with pytest.raises(ValueError, match="chunk_rows"):
         sequence_token_logps(logits, ids, mask, chunk_rows=0)
+
+
+# -- the model forward: completions and candidates ----------------------------------------
+
+
+def _manual_logps(model, prompt_ids, completion_ids):
+    ids = torch.tensor([prompt_ids + completion_ids])
+    with torch.no_grad():
+        logps = model(input_ids=ids).logits[0].log_softmax(-1)
+    p = len(prompt_ids)
+    return torch.stack([logps[p - 1 + t, c] for t, c in enumerate(completion_ids)])
+
+
+def test_completion_logps_match_an_unpadded_forward(tiny_tokenizer):
+    model = build_tiny_model(tiny_tokenizer)
+    batch = PromptCollator(tiny_tokenizer)([{"prompt": "hi"}, {"prompt": "tell me a joke please"}])
+    completions = torch.tensor([[10, 11, 12], [13, 14, 0]])
+    comp_mask = torch.tensor([[True, True, True], [True, True, False]])
+    with torch.no_grad():
+        logps, mask = completion_token_logps(
+            model, batch["input_ids"], batch["attention_mask"], completions, comp_mask
+        )
+    assert mask.tolist() == comp_mask.tolist()
+    for row in range(2):
+        prompt = batch["input_ids"][row][batch["attention_mask"][row].bool()].tolist()
+        n = int(comp_mask[row].sum())
+        expected = _manual_logps(model, prompt, completions[row, :n].tolist())
+        torch.testing.assert_close(logps[row, :n], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_logits_to_keep_and_chunks_give_the_same_logps_and_a_fixed_forward_count(tiny_tokenizer):
+    model = build_tiny_model(tiny_tokenizer)
+    assert accepts_logits_to_keep(model)
+    batch = PromptCollator(tiny_tokenizer)([{"prompt": p} for p in ["a", "bb cc", "dd"]])
+    completions = torch.randint(5, 200, (3, 4))
+    comp_mask = torch.ones(3, 4, dtype=torch.bool)
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    args = (model, batch["input_ids"], batch["attention_mask"], completions, comp_mask)
+    with torch.no_grad():
+        reference, _ = completion_token_logps(*args)
+        kept, _ = completion_token_logps(*args, logits_to_keep=True)
+        calls.clear()
+        chunked, _ = completion_token_logps(*args, logits_to_keep=True, num_chunks=5)
+    torch.testing.assert_close(kept, reference)
+    torch.testing.assert_close(chunked, reference, atol=1e-5, rtol=1e-5)
+    assert len(calls) == 5  # 3 rows in 5 chunks: empty chunks still run a forward
+
+
+def test_pad_last_dim():
+    x = torch.ones(2, 3)
+    assert pad_last_dim(x, 5).tolist() == [[1, 1, 1, 0, 0]] * 2
+    assert pad_last_dim(x, 2) is x

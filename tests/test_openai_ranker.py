@@ -13,8 +13,8 @@ import time
 import pytest
 
 from chat_server import ChatServer, Reply, rank_by, shown_responses
-from cyclealign.rankers.base import RankRequest
 from cyclealign.rankers.openai import OpenAIRanker
+from cyclealign.types import RankRequest
 
 
 def answer(ranking) -> Reply:
@@ -78,7 +78,7 @@ def test_repair_that_works_is_used():
         ranker = OpenAIRanker("judge", base_url=server.base_url, template=None, max_retries=0)
         ranker.template.shuffle = False
         (result,) = ranker.rank(requests_for(["a", "b", "c"]))
-        assert "[0, 0, 1] lists [0] more than once" in server.requests[1].last_user_message
+        assert "got [0, 0, 1] (duplicates [0])" in server.requests[1].last_user_message
     assert result.ranking == [2, 1, 0]
     assert ranker.usage.total_failures == 0 and ranker.usage.retries == 1
 
@@ -283,7 +283,7 @@ def test_cache_makes_the_second_run_free(tmp_path):
 
 
 def test_demonstrations_order_and_static_switch():
-    from cyclealign.demonstrations import Demonstration
+    from cyclealign.types import Demonstration
 
     demos = [
         Demonstration("first demo prompt", ["p", "q"], [1, 0]),

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from conftest import REFERENCE_LOSSES
 from cyclealign.logprobs import sequence_token_logps
 from cyclealign.losses import PROLoss
+from helpers import REFERENCE_LOSSES
 
 F64 = torch.float64
 CASES = [c for c in json.loads(REFERENCE_LOSSES.read_text())["cases"] if c["outputs"]["pro"]]
@@ -297,4 +297,4 @@ def test_hyperparameter_validation():
     with pytest.raises(ValueError, match="eps"):
         PROLoss(eps=float("nan"))
     assert "sft_weight=0.2" in repr(PROLoss(sft_weight=0.2))
-    assert PROLoss.name == "pro" and PROLoss.uses_reward_values and PROLoss.supports_ties
+    assert PROLoss.name == "pro" and PROLoss.uses_reward_values

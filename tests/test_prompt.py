@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
-from cyclealign.demonstrations import Demonstration
-from cyclealign.rankers.base import RankRequest
 from cyclealign.rankers.parsing import parse_ranking
 from cyclealign.rankers.prompt import (
     DEFAULT_STATIC_DEMONSTRATION,
     RankingTemplate,
     display_order,
+    drop_static_demonstration,
     escape_response,
 )
+from cyclealign.types import Demonstration, RankRequest
 
 
 def test_display_order_is_a_reproducible_permutation():
@@ -86,10 +87,11 @@ def test_chat_prompts_render_as_dialogue_and_parts_come_in_order():
     assert "demo prompt" in messages[3]["content"]
     no_static, _ = RankingTemplate(static_demonstration=None).build_messages(request)
     assert len(no_static) == 4
-    bare, _ = RankingTemplate().build_messages(
-        RankRequest("q", ["a", "b"]), use_static_demonstration=False
-    )
+    ranker = SimpleNamespace(template=RankingTemplate())
+    drop_static_demonstration(ranker)  # what the trainer does for use_static_demonstration=False
+    bare, _ = ranker.template.build_messages(RankRequest("q", ["a", "b"]))
     assert [m["role"] for m in bare] == ["system", "user"]
+    assert RankingTemplate().static_demonstration is not None  # the default is left alone
 
 
 def test_shuffle_off_keeps_the_callers_order():

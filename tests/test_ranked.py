@@ -7,7 +7,6 @@ import logging
 import pytest
 from datasets import Dataset
 
-from conftest import HH_DIR, build_tiny_model, build_tiny_reward_model
 from cyclealign.data import load_hh_rlhf
 from cyclealign.data.ranked import (
     add_candidates,
@@ -17,8 +16,9 @@ from cyclealign.data.ranked import (
     row_rewards,
     sample_and_score,
 )
-from cyclealign.rankers.base import RankResult
-from cyclealign.round_log import RoundLogWriter, round_record
+from cyclealign.trainer.round_log import RoundLogWriter, log_row
+from cyclealign.types import RankResult
+from helpers import HH_DIR, build_tiny_model, build_tiny_reward_model
 
 
 def test_row_rewards_from_rewards_or_ranking():
@@ -31,7 +31,7 @@ def test_row_rewards_from_rewards_or_ranking():
         row_rewards({"responses": "ab", "rewards": [1.0, 0.0]}, "r")
     with pytest.raises(ValueError, match="neither 'rewards' nor 'ranking'"):
         row_rewards({"responses": ["a", "b"]}, "r")
-    with pytest.raises(ValueError, match=r"ranking \[0, 2\] is not a permutation of 0..1"):
+    with pytest.raises(ValueError, match=r"ranking must be a permutation of 0\.\.1.*got \[0, 2\]"):
         row_rewards({"responses": ["a", "b"], "ranking": [0, 2]}, "r")
 
 
@@ -46,7 +46,7 @@ HH = "\n\nHuman: Tell me a joke.\n\nAssistant:"
 def write_log(path, tokenizer, rows):
     RoundLogWriter(str(path)).write(
         [
-            round_record(
+            log_row(
                 step=0,
                 round_index=0,
                 process_index=0,

@@ -7,14 +7,8 @@ import threading
 
 import pytest
 
-from cyclealign.demonstrations import Demonstration
-from cyclealign.rankers.base import (
-    BlackBoxRanker,
-    RankRequest,
-    RankResult,
-    Usage,
-    is_permutation,
-)
+from cyclealign.rankers.base import BlackBoxRanker
+from cyclealign.types import RankRequest, RankResult
 
 
 class SyncLongestFirst(BlackBoxRanker):
@@ -70,25 +64,6 @@ def test_a_ranker_must_implement_one_method():
             pass
 
 
-def test_usage_accumulates_and_round_trips():
-    a = Usage(requests=2, cache_hits=1, retries=3, prompt_tokens=10, completion_tokens=4)
-    a.failures["parse"] += 1
-    b = Usage(requests=1, prompt_tokens=5)
-    b.failures["parse"] += 2
-    b.failures["timeout"] += 1
-    a.add(b)
-    assert a.as_dict() == {
-        "requests": 3,
-        "cache_hits": 1,
-        "retries": 3,
-        "failures": {"parse": 3, "timeout": 1},
-        "prompt_tokens": 15,
-        "completion_tokens": 4,
-    }
-    assert a.total_failures == 4 and a.total_tokens == 19
-    assert Usage.from_dict(a.as_dict()) == a
-
-
 def test_state_dict_restores_usage():
     ranker = SyncLongestFirst()
     ranker.rank(REQUESTS)
@@ -98,27 +73,3 @@ def test_state_dict_restores_usage():
     fresh.load_state_dict(state)
     assert fresh.usage == ranker.usage
     assert fresh.usage is not ranker.usage
-
-
-@pytest.mark.parametrize(
-    ("ranking", "n", "expected"),
-    [
-        ([2, 0, 1], 3, True),
-        ([0], 1, True),
-        ([0, 0, 1], 3, False),
-        ([0, 1], 3, False),
-        ([0, 1, 3], 3, False),
-        ([-1, 0, 1], 3, False),
-        (None, 2, False),
-        (["a", "b"], 2, False),
-    ],
-)
-def test_is_permutation(ranking, n, expected):
-    assert is_permutation(ranking, n) is expected
-
-
-def test_request_and_demonstration_are_normalised():
-    demo = Demonstration("d", ["x", "y"], [1, 0])
-    request = RankRequest([{"role": "user", "content": "hi"}], ["a", "b"], [demo])
-    assert request.responses == ("a", "b")
-    assert request.demonstrations == (demo,)

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from datasets import load_dataset
 
-from cyclealign.rankers.base import RankResult
-from cyclealign.round_log import RoundLogWriter, round_record
+from cyclealign.trainer.round_log import RoundLogWriter, log_row
+from cyclealign.types import RankResult
 
 
 def test_failures_successes_and_chat_prompts_load_together(tmp_path):
     writer = RoundLogWriter(str(tmp_path))
     messages = [{"role": "user", "content": "hi", "name": "bob"}]
     rows = [
-        round_record(step=0, round_index=0, process_index=0, prompt=messages, rendered_prompt="<hi>",
+        log_row(step=0, round_index=0, process_index=0, prompt=messages, rendered_prompt="<hi>",
                      responses=["a", "b"], result=RankResult(None, error="down", raw_text="503"),
                      whitebox_ranking=[1, 0], agreement=[]),
-        round_record(step=0, round_index=1, process_index=1, prompt="plain", rendered_prompt="x",
+        log_row(step=0, round_index=1, process_index=1, prompt="plain", rendered_prompt="x",
                      responses=["c"], result=RankResult([0], scores=[1], better_response="d"),
                      whitebox_ranking=[0], agreement=[0]),
     ]  # fmt: skip

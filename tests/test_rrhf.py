@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from conftest import REFERENCE_LOSSES
 from cyclealign.logprobs import sequence_token_logps
 from cyclealign.losses import RRHFLoss
+from helpers import REFERENCE_LOSSES
 from test_pro import SOURCES, TRANSFORMS, expected_scores, t, transformed_inputs
 
 F64 = torch.float64
@@ -203,4 +203,4 @@ def test_hyperparameter_validation():
     with pytest.raises(ValueError, match="length_penalty"):
         RRHFLoss(length_penalty=float("inf"))
     assert "length_penalty=0.5" in repr(RRHFLoss(length_penalty=0.5))
-    assert RRHFLoss.name == "rrhf" and not RRHFLoss.uses_reward_values and RRHFLoss.supports_ties
+    assert RRHFLoss.name == "rrhf" and not RRHFLoss.uses_reward_values

@@ -3,29 +3,24 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
-import threading
 
 import pytest
 import torch
 from datasets import Dataset, load_dataset
 from transformers import TrainerCallback
 
-from conftest import build_tiny_model, build_tiny_tokenizer
-from cyclealign.collator import PromptCollator
 from cyclealign.config import CycleAlignConfig
-from cyclealign.generation import completion_token_logps
-from cyclealign.rankers.base import BlackBoxRanker, RankResult
+from cyclealign.logprobs import completion_token_logps
+from cyclealign.prompts import PromptCollator
+from cyclealign.rankers.base import BlackBoxRanker
 from cyclealign.trainer import CycleAlignTrainer
+from cyclealign.types import RankResult
+from helpers import PROMPTS as ALL_PROMPTS
+from helpers import WhiteboxTap, build_tiny_model, build_tiny_tokenizer
 
-PROMPTS = [
-    "How do I bake bread?",
-    "Tell me a joke.",
-    "What is the capital of France?",
-    "hello world",
-    "one two three",
-    "red green blue",
-]
+PROMPTS = ALL_PROMPTS[:6]
 
 
 def by_count(substring: str, sign: int = 1):
@@ -153,20 +148,12 @@ class WhiteboxEcho(BlackBoxRanker):
 
     def __init__(self, disagree_rounds):
         self.disagree_rounds = disagree_rounds
-        self.published = threading.Event()
-        self.whitebox = None
+        self.tap = WhiteboxTap()
         self.round_in_step = 0
         self.calls = 0
 
     def attach(self, trainer):
-        original = trainer.loss_fn.ranking
-
-        def publishing_ranking(*args, **kwargs):
-            self.whitebox = original(*args, **kwargs)
-            self.published.set()
-            return self.whitebox
-
-        trainer.loss_fn.ranking = publishing_ranking
+        self.tap.attach(trainer)
         ranker = self
 
         class ResetRounds(TrainerCallback):
@@ -176,12 +163,11 @@ class WhiteboxEcho(BlackBoxRanker):
         trainer.add_callback(ResetRounds())
 
     def rank(self, requests):
-        assert self.published.wait(timeout=60), "the forward pass did not run during ranking"
-        self.published.clear()
+        whitebox = self.tap.wait()
         self.calls += 1
         self.round_in_step += 1
         agree = self.round_in_step > self.disagree_rounds
-        return [RankResult(list(w) if agree else list(reversed(w))) for w in self.whitebox]
+        return [RankResult(list(w) if agree else list(reversed(w))) for w in whitebox]
 
 
 def _counted_trainer(tmp_path, ranker, **overrides):
@@ -529,6 +515,27 @@ def test_dynamic_demonstrations_reach_the_ranker_and_can_be_switched_off(tmp_pat
     assert logged(trainer, "ablation/dynamic_demonstrations") == [0, 0]
 
 
+def test_completion_and_phase_metrics_are_logged_each_step(tmp_path):
+    # max_completion_length=2: most responses are cut (no EOS), a few end at once.
+    trainer = make_trainer(tmp_path, CountRanker(), max_completion_length=2, max_rounds=2)
+    trainer.train()
+    lengths = logged(trainer, "completions/mean_length")
+    clipped = logged(trainer, "completions/clipped_ratio")
+    assert len(lengths) == len(clipped) == 2
+    assert all(1 <= n <= 2 for n in lengths) and all(0 <= r <= 1 for r in clipped)
+    for phase in ("generate", "forward", "rank_wait", "backward"):
+        times = logged(trainer, f"time/{phase}")
+        assert len(times) == 2 and all(t >= 0 for t in times), phase
+    assert all(t > 0 for t in logged(trainer, "time/generate"))
+
+
+@pytest.mark.parametrize(("loss", "warns"), [("rrhf", True), ("pro", False)])
+def test_scores_with_a_loss_that_ignores_reward_values_warns(tmp_path, caplog, loss, warns):
+    with caplog.at_level(logging.WARNING, logger="cyclealign.trainer.cycle"):
+        make_trainer(tmp_path, CountRanker(), ranking_loss=loss, reward_from_ranking="scores")
+    assert ("uses only the order of the rewards" in caplog.text) is warns
+
+
 def test_trainer_refuses_gradient_accumulation_and_a_missing_ranker(tmp_path):
     args = make_args(tmp_path)
     args.gradient_accumulation_steps = 2
@@ -537,8 +544,8 @@ def test_trainer_refuses_gradient_accumulation_and_a_missing_ranker(tmp_path):
         CycleAlignTrainer(
             build_tiny_model(tokenizer), args, processing_class=tokenizer, ranker=CountRanker()
         )
-    # No ranker and no ranked data: the error names both ways to train.
-    with pytest.raises(ValueError, match=r"needs either a ranker.*or ranker=None"):
+    # No ranker: the error names the trainer for ranked data.
+    with pytest.raises(ValueError, match=r"needs a ranker.*use cyclealign.OfflineRankingTrainer"):
         CycleAlignTrainer(
             build_tiny_model(tokenizer), make_args(tmp_path), processing_class=tokenizer
         )

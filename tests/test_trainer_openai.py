@@ -7,12 +7,13 @@ import time
 import pytest
 from datasets import Dataset
 
-import cyclealign.trainer as trainer_module
+import cyclealign.trainer.cycle as cycle_module
 from chat_server import ChatServer, rank_by
-from conftest import build_tiny_model
 from cyclealign import CycleAlignConfig, CycleAlignTrainer, OpenAIRanker
+from helpers import PROMPTS as ALL_PROMPTS
+from helpers import build_tiny_model
 
-PROMPTS = ["How do I bake bread?", "Tell me a joke.", "hello world", "red green blue"]
+PROMPTS = [ALL_PROMPTS[i] for i in (0, 1, 3, 5)]
 
 
 def make_trainer(tmp_path, tokenizer, ranker, **overrides):
@@ -42,7 +43,7 @@ def make_trainer(tmp_path, tokenizer, ranker, **overrides):
 def test_black_box_latency_is_hidden_behind_the_forward_pass(tmp_path, tiny_tokenizer, monkeypatch):
     delay = 2.0
     forward = {}
-    original = trainer_module.completion_token_logps
+    original = cycle_module.candidate_token_logps
 
     def timed_forward(*args, **kwargs):
         forward.setdefault("start", time.monotonic())
@@ -53,7 +54,7 @@ def test_black_box_latency_is_hidden_behind_the_forward_pass(tmp_path, tiny_toke
         forward.setdefault("end", time.monotonic())
         return out
 
-    monkeypatch.setattr(trainer_module, "completion_token_logps", timed_forward)
+    monkeypatch.setattr(cycle_module, "candidate_token_logps", timed_forward)
     handler = rank_by(lambda text: text.count("e"))
 
     def slow(body, number):

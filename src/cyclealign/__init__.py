@@ -13,6 +13,11 @@ from ._lazy import lazy_exports
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
+    # shared types
+    "Demonstration": ".types",
+    "RankRequest": ".types",
+    "RankResult": ".types",
+    "Usage": ".types",
     # log-probs and losses
     "sequence_token_logps": ".logprobs",
     "RankingLoss": ".losses",
@@ -26,13 +31,9 @@ _EXPORTS: dict[str, str] = {
     # agreement of two rankings
     "agreement_ranking": ".agreement",
     # demonstrations
-    "Demonstration": ".demonstrations",
     "DemonstrationPool": ".demonstrations",
     # rankers
     "BlackBoxRanker": ".rankers",
-    "RankRequest": ".rankers",
-    "RankResult": ".rankers",
-    "Usage": ".rankers",
     "RankingTemplate": ".rankers",
     "OpenAIRanker": ".rankers",
     "LocalChatRanker": ".rankers",
@@ -41,6 +42,7 @@ _EXPORTS: dict[str, str] = {
     # training
     "CycleAlignConfig": ".config",
     "CycleAlignTrainer": ".trainer",
+    "OfflineRankingTrainer": ".trainer",
     # data
     "load_hh_rlhf": ".data",
 }
@@ -53,7 +55,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see real imports
     from .agreement import agreement_ranking
     from .config import CycleAlignConfig
     from .data import load_hh_rlhf
-    from .demonstrations import Demonstration, DemonstrationPool
+    from .demonstrations import DemonstrationPool
     from .logprobs import sequence_token_logps
     from .losses import (
         PROLoss,
@@ -71,9 +73,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see real imports
         LocalChatRanker,
         OpenAIRanker,
         RankingTemplate,
-        RankRequest,
-        RankResult,
         RewardModelRanker,
-        Usage,
     )
-    from .trainer import CycleAlignTrainer
+    from .trainer import CycleAlignTrainer, OfflineRankingTrainer
+    from .types import Demonstration, RankRequest, RankResult, Usage

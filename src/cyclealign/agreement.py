@@ -1,4 +1,5 @@
-"""Where the black-box and white-box rankings agree: their longest common subsequence.
+"""Rankings and where two of them agree: the permutation check, the longest common
+subsequence of the black-box and white-box rankings, and their rank correlation.
 
 CycleAlign turns the agreement into a new in-context demonstration for the black box
 (see :meth:`cyclealign.Demonstration.from_agreement`). Rankings are lists of response
@@ -8,9 +9,15 @@ indices, best first, each a permutation of ``0 .. n-1``.
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-__all__ = ["agreement_ranking", "kendall_tau"]
+__all__ = [
+    "PermutationError",
+    "agreement_ranking",
+    "check_permutation",
+    "is_permutation",
+    "kendall_tau",
+]
 
 
 def agreement_ranking(blackbox: Sequence[int], whitebox: Sequence[int]) -> list[int]:
@@ -27,8 +34,8 @@ def agreement_ranking(blackbox: Sequence[int], whitebox: Sequence[int]) -> list[
     Runs in ``O(n^2)`` time and ``O(n)`` memory. Raises ``ValueError`` unless both
     rankings are permutations of the same ``0 .. n-1``.
     """
-    bb = _check_ranking("blackbox", blackbox)
-    wb = _check_ranking("whitebox", whitebox)
+    bb = check_permutation(blackbox, name="blackbox")
+    wb = check_permutation(whitebox, name="whitebox")
     _check_same_length(bb, wb)
     n = len(bb)
     # Both are permutations, so a common subsequence is a run of black-box positions
@@ -67,8 +74,8 @@ def kendall_tau(a: Sequence[int], b: Sequence[int]) -> float:
     reversed ones. With fewer than two items there is no pair to disagree on and the
     result is 1.0.
     """
-    ra = _check_ranking("a", a)
-    rb = _check_ranking("b", b)
+    ra = check_permutation(a, name="a")
+    rb = check_permutation(b, name="b")
     _check_same_length(ra, rb, names=("a", "b"))
     n = len(ra)
     if n < 2:
@@ -82,44 +89,73 @@ def kendall_tau(a: Sequence[int], b: Sequence[int]) -> float:
     return score / (n * (n - 1) / 2)
 
 
-def _check_ranking(name: str, ranking: Sequence[int]) -> list[int]:
-    if isinstance(ranking, (str, bytes)):
-        raise ValueError(
-            f"{name} must be a sequence of response indices, got {type(ranking).__name__} "
-            f"{ranking!r}."
+class PermutationError(ValueError):
+    """Not a ranking of ``0..n-1``. ``kind``: ``"not_integers"``, ``"out_of_range"``,
+    ``"duplicate"`` or ``"left_out"`` (fewer indices than responses)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def check_permutation(
+    values: Sequence[int], n: int | None = None, name: str = "ranking"
+) -> list[int]:
+    """``values`` as a list of ints when it holds each of ``0..n-1`` exactly once (``n``
+    defaults to ``len(values)``); otherwise :class:`PermutationError` saying what is wrong.
+
+    The one permutation check of the package: rankings from the black box, the white box,
+    demonstrations and ranked data all go through it. Integers only (``operator.index``):
+    a bool, a float or a string is not a response index.
+    """
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise PermutationError(
+            "not_integers",
+            f"{name} must be a sequence of response indices, got {type(values).__name__}"
+            + (f" {values!r}." if isinstance(values, (str, bytes)) else "."),
         )
-    if not isinstance(ranking, Sequence):
-        try:
-            ranking = list(ranking)  # type: ignore[arg-type]  # tensors, arrays, iterators
-        except TypeError:
-            raise ValueError(
-                f"{name} must be a sequence of response indices, got {type(ranking).__name__}."
-            ) from None
     items: list[int] = []
-    for item in ranking:
+    raw = list(values)  # tensors, arrays and iterators too
+    for item in raw:
         if isinstance(item, bool):
-            raise ValueError(f"{name} must contain integers, got the bool {item!r}.")
+            raise PermutationError(
+                "not_integers", f"{name} must contain integers, got the bool {item!r}."
+            )
         try:
             items.append(operator.index(item))
         except TypeError:
-            raise ValueError(
+            raise PermutationError(
+                "not_integers",
                 f"{name} must contain integer response indices, got {item!r} "
-                f"({type(item).__name__}) in {list(ranking)!r}."
+                f"({type(item).__name__}) in {raw!r}.",
             ) from None
-    n = len(items)
-    if sorted(items) != list(range(n)):
-        duplicates = sorted({i for i in items if items.count(i) > 1})
-        out_of_range = sorted(i for i in items if not 0 <= i < n)
-        detail = []
-        if duplicates:
-            detail.append(f"duplicates {duplicates}")
-        if out_of_range:
-            detail.append(f"out of range {out_of_range}")
-        raise ValueError(
-            f"{name} must be a permutation of 0..{n - 1} (each response index once, best "
-            f"first), got {items} ({', '.join(detail)})."
+    size = len(items) if n is None else n
+    expected = (
+        f"{name} must be a permutation of 0..{size - 1} (each response index once, best first)"
+    )
+    out_of_range = sorted(i for i in items if not 0 <= i < size)
+    if out_of_range:
+        raise PermutationError(
+            "out_of_range", f"{expected}, got {items} (out of range {out_of_range})."
         )
+    duplicates = sorted({i for i in items if items.count(i) > 1})
+    if duplicates:
+        raise PermutationError("duplicate", f"{expected}, got {items} (duplicates {duplicates}).")
+    if len(items) != size:
+        left_out = sorted(set(range(size)) - set(items))
+        raise PermutationError("left_out", f"{expected}, got {items} (left out {left_out}).")
     return items
+
+
+def is_permutation(values: Sequence[int] | None, n: int) -> bool:
+    """True when ``values`` holds each of ``0..n-1`` exactly once (see :func:`check_permutation`)."""
+    if values is None:
+        return False
+    try:
+        check_permutation(values, n)
+    except PermutationError:
+        return False
+    return True
 
 
 def _check_same_length(

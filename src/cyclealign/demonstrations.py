@@ -1,7 +1,8 @@
-"""In-context demonstrations for the black-box ranker.
+"""The dynamic demonstrations: the pool of agreements, what each ranking request is shown,
+and how the pool stays identical on every process.
 
-A :class:`Demonstration` is a ranked example shown to the black box before the query.
-CycleAlign's *dynamic* demonstrations are the agreements between the black-box and the
+A :class:`~cyclealign.Demonstration` is a ranked example shown to the black box before the
+query. CycleAlign's *dynamic* demonstrations are the agreements between the black-box and the
 white-box rankings (see :func:`cyclealign.agreement_ranking`); they live in a
 :class:`DemonstrationPool`.
 """
@@ -12,83 +13,23 @@ import json
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
-Prompt = str | list[dict[str, Any]]
+from .prompts import dialogue_text
+from .types import Demonstration, Prompt
+
+if TYPE_CHECKING:
+    from .config import CycleAlignConfig
+    from .targets import PromptOutcome
+
+__all__ = ["Demonstration", "DemonstrationPool", "select_demonstrations", "share_agreements"]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Demonstration:
-    """A prompt, the responses whose order is known, and their full ranking.
-
-    Args:
-        prompt: the instruction, a string or chat messages (``[{"role", "content"}, ...]``).
-        responses: the ``k`` responses, indexed ``0..k-1``.
-        ranking: response indices best-first, a permutation of ``0..k-1``.
-    """
-
-    prompt: Prompt
-    responses: tuple[str, ...]
-    ranking: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "responses", tuple(self.responses))
-        object.__setattr__(self, "ranking", tuple(int(i) for i in self.ranking))
-        if isinstance(self.prompt, list):
-            object.__setattr__(self, "prompt", [dict(m) for m in self.prompt])
-        k = len(self.responses)
-        if k < 1:
-            raise ValueError("A Demonstration needs at least one response.")
-        if sorted(self.ranking) != list(range(k)):
-            raise ValueError(
-                f"Demonstration.ranking must be a permutation of 0..{k - 1} "
-                f"(one entry per response), got {list(self.ranking)}."
-            )
-
-    @classmethod
-    def from_agreement(
-        cls, prompt: Prompt, responses: Sequence[str], agreement: Sequence[int]
-    ) -> Demonstration:
-        """Keep only the agreed responses (``agreement`` indexes ``responses``, best-first).
-
-        The kept responses stay in their original relative order and are re-indexed
-        ``0..k-1``; the ranking is expressed in the new indices.
-        """
-        kept = sorted(set(int(i) for i in agreement))
-        if len(kept) != len(agreement):
-            raise ValueError(f"agreement has duplicate indices: {list(agreement)}")
-        new_index = {old: new for new, old in enumerate(kept)}
-        return cls(
-            prompt=prompt,
-            responses=tuple(responses[i] for i in kept),
-            ranking=tuple(new_index[int(i)] for i in agreement),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "prompt": self.prompt,
-            "responses": list(self.responses),
-            "ranking": list(self.ranking),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Demonstration:
-        return cls(prompt=data["prompt"], responses=data["responses"], ranking=data["ranking"])
-
-
-def prompt_text(prompt: Prompt) -> str:
-    """The text of a prompt: a string as is, chat messages joined by role."""
-    if isinstance(prompt, str):
-        return prompt
-    return "\n".join(f"{m.get('role', '')}: {m.get('content', '')}" for m in prompt)
-
-
 def _chars(demo: Demonstration) -> int:
-    return len(prompt_text(demo.prompt)) + sum(len(r) for r in demo.responses)
+    return len(dialogue_text(demo.prompt)) + sum(len(r) for r in demo.responses)
 
 
 def _words(prompt: Prompt) -> set[str]:
@@ -102,10 +43,10 @@ def _words(prompt: Prompt) -> set[str]:
 class DemonstrationPool:
     """The dynamic demonstrations: agreements collected during training.
 
-    Bounded by ``max_size`` demonstrations and ``max_chars`` characters in all (prompts plus
-    responses); the oldest go first. Identical demonstrations are kept once (re-adding one
-    makes it the most recent). A demonstration longer than ``max_chars`` on its own is not
-    added (logged at DEBUG level) and leaves the pool as it was.
+    Bounded by ``max_size`` demonstrations; the oldest go first. Identical demonstrations are
+    kept once (re-adding one makes it the most recent). What one ranking request is shown is
+    bounded separately (``select``'s ``max_chars``), so a long demonstration stays available
+    to the requests it fits.
 
     ``select(query, k)`` picks what goes into one ranking prompt:
 
@@ -120,18 +61,14 @@ class DemonstrationPool:
 
     Args:
         max_size: most demonstrations kept.
-        max_chars: most characters kept in all (``None``: no limit).
     """
 
     POLICIES = ("recent", "similar")
 
-    def __init__(self, max_size: int = 64, max_chars: int | None = None) -> None:
+    def __init__(self, max_size: int = 64) -> None:
         if max_size < 1:
             raise ValueError(f"DemonstrationPool: max_size must be >= 1, got {max_size}.")
-        if max_chars is not None and max_chars < 1:
-            raise ValueError(f"DemonstrationPool: max_chars must be >= 1 or None, got {max_chars}.")
         self.max_size = int(max_size)
-        self.max_chars = max_chars
         self._items: OrderedDict[str, tuple[int, Demonstration]] = OrderedDict()
         self._counter = 0  # insertion order survives state_dict round trips
 
@@ -144,32 +81,15 @@ class DemonstrationPool:
             raise TypeError(
                 f"DemonstrationPool.add takes a Demonstration, got {type(demo).__name__}."
             )
-        if self.max_chars is not None and _chars(demo) > self.max_chars:
-            # Checked first: making room for it would empty the pool and still not fit.
-            logger.debug(
-                "Demonstration of %d characters exceeds max_chars=%d: not kept.",
-                _chars(demo),
-                self.max_chars,
-            )
-            return
         key = self._key(demo)
         self._items.pop(key, None)
         self._counter += 1
         self._items[key] = (self._counter, demo)
         self._evict()
 
-    def extend(self, demos: Iterable[Demonstration]) -> None:
-        for demo in demos:
-            self.add(demo)
-
     def _evict(self) -> None:
         while len(self._items) > self.max_size:
             self._items.popitem(last=False)
-        if self.max_chars is not None:
-            total = sum(_chars(d) for _, d in self._items.values())
-            while total > self.max_chars and self._items:
-                _, (_, oldest) = self._items.popitem(last=False)
-                total -= _chars(oldest)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -215,7 +135,6 @@ class DemonstrationPool:
         """JSON-serialisable state; ``load_state_dict`` restores the pool exactly."""
         return {
             "max_size": self.max_size,
-            "max_chars": self.max_chars,
             "counter": self._counter,
             "items": [[c, d.to_dict()] for c, d in self._items.values()],
         }
@@ -223,8 +142,8 @@ class DemonstrationPool:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Replace the contents with a :meth:`state_dict`'s.
 
-        The pool keeps its own ``max_size``/``max_chars`` (they are configuration: a resumed
-        run may change them); a state that exceeds them loses its oldest demonstrations.
+        The pool keeps its own ``max_size`` (it is configuration: a resumed run may change
+        it); a state that exceeds it loses its oldest demonstrations.
         """
         try:
             items = [(int(c), Demonstration.from_dict(d)) for c, d in state["items"]]
@@ -234,14 +153,12 @@ class DemonstrationPool:
                 "Not a DemonstrationPool state_dict (expected 'counter' and 'items' as "
                 f"[[counter, demonstration dict], ...]): {err!r}"
             ) from None
-        if (state.get("max_size"), state.get("max_chars")) != (self.max_size, self.max_chars):
+        if state.get("max_size") != self.max_size:
             logger.info(
-                "Loading a demonstration pool saved with max_size=%s, max_chars=%s into one "
-                "with max_size=%s, max_chars=%s: the latter apply.",
+                "Loading a demonstration pool saved with max_size=%s into one with "
+                "max_size=%s: the latter applies.",
                 state.get("max_size"),
-                state.get("max_chars"),
                 self.max_size,
-                self.max_chars,
             )
         self._items.clear()
         for count, demo in sorted(items, key=lambda item: item[0]):
@@ -257,7 +174,44 @@ class DemonstrationPool:
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     def __repr__(self) -> str:
-        return (
-            f"DemonstrationPool({len(self)} demonstrations, max_size={self.max_size}, "
-            f"max_chars={self.max_chars})"
+        return f"DemonstrationPool({len(self)} demonstrations, max_size={self.max_size})"
+
+
+def select_demonstrations(
+    pool: DemonstrationPool, prompt: Prompt, args: CycleAlignConfig
+) -> list[Demonstration]:
+    """The dynamic demonstrations to send with ``prompt`` (none when switched off)."""
+    if not args.use_dynamic_demonstrations or args.max_demonstrations == 0 or not len(pool):
+        return []
+    return list(
+        pool.select(
+            prompt,
+            args.max_demonstrations,
+            policy=args.demonstration_selection,
+            max_chars=args.demonstration_max_chars,
         )
+    )
+
+
+def share_agreements(
+    pool: DemonstrationPool,
+    prompts: Sequence[Prompt],
+    responses: Sequence[Sequence[str]],
+    outcomes: Sequence[PromptOutcome],
+) -> int:
+    """Add every process's agreements of length >= 2 to ``pool``; returns how many.
+
+    A collective: every process must call it each round. Demonstrations are added in
+    process order everywhere, so the pools (and the requests built from them) stay identical.
+    """
+    new = [
+        Demonstration.from_agreement(prompt, texts, o.agreement)
+        for prompt, texts, o in zip(prompts, responses, outcomes)
+        if len(o.agreement) >= 2
+    ]
+    from accelerate.utils import gather_object  # here: the pool itself needs no accelerate
+
+    shared = gather_object(new)
+    for demo in shared:
+        pool.add(demo)
+    return len(shared)

@@ -1,4 +1,10 @@
-"""Per-token log-probabilities of given tokens under a causal LM, without a log-softmax copy.
+"""Scoring with the white-box model: per-token log-probabilities of given tokens, and the
+forward pass that gives them for every candidate response of a batch.
+
+:func:`sequence_token_logps` computes ``log p(token)`` without a log-softmax copy (below);
+:func:`completion_token_logps` and :func:`candidate_token_logps` run the model on prompts
+plus completions (``[N, L]`` and ``[B, C, L]`` layouts) and return those log-probs with the
+mask of response tokens.
 
 The ranking losses only need ``log p(token)`` for the tokens that were actually generated.
 ``torch.log_softmax(logits)`` would materialise a second ``[..., T, V]`` tensor (and, for
@@ -10,9 +16,20 @@ only ``[..., T, V]`` tensors are the logits themselves and, during backward, the
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import torch
 
-__all__ = ["sequence_token_logps"]
+from ._checks import describe
+
+__all__ = [
+    "accepts_logits_to_keep",
+    "candidate_token_logps",
+    "completion_token_logps",
+    "pad_last_dim",
+    "sequence_token_logps",
+]
 
 # Rows (sequence positions) per chunk: 4096 rows of a 150k vocabulary in float32 is ~2.4 GiB
 # of temporaries at most, a bound that stays small next to the logits of a real batch.
@@ -115,7 +132,7 @@ def sequence_token_logps(
     if not isinstance(logits, torch.Tensor) or logits.dim() < 2:
         raise ValueError(
             "sequence_token_logps: logits must be a tensor of shape [..., T, V], got "
-            f"{_describe(logits)}."
+            f"{describe(logits)}."
         )
     if not logits.is_floating_point():
         raise ValueError(
@@ -126,7 +143,7 @@ def sequence_token_logps(
         if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != expected:
             raise ValueError(
                 f"sequence_token_logps: {arg_name} must have shape {list(expected)} "
-                f"(logits' shape [..., T, V] without V), got {_describe(tensor)}."
+                f"(logits' shape [..., T, V] without V), got {describe(tensor)}."
             )
     if input_ids.is_floating_point() or input_ids.dtype == torch.bool:
         raise ValueError(
@@ -141,6 +158,8 @@ def sequence_token_logps(
     seq_len = logits.shape[-2]
     token_mask = completion_mask[..., 1:] != 0
     targets = input_ids[..., 1:]
+    # Host-device sync (two scalars read back); cheap next to the forward pass that made the
+    # logits, and an out-of-range id would otherwise read garbage or crash in the gather.
     if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
         raise ValueError(
             f"sequence_token_logps: input_ids must lie in [0, {vocab}) for a vocabulary of "
@@ -155,7 +174,97 @@ def sequence_token_logps(
     return logps.reshape(targets.shape), token_mask
 
 
-def _describe(value: object) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a tensor of shape {list(value.shape)}"
-    return f"{type(value).__name__}"
+def accepts_logits_to_keep(model: Any) -> bool:
+    """Whether ``model.forward`` can skip the LM head on prompt positions."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def completion_token_logps(
+    model: Any,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    logits_to_keep: bool = False,
+    num_chunks: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs ``[N, L]`` of completions given their prompts, and the mask of
+    response tokens ``[N, L]``.
+
+    ``prompt_*`` are ``[N, P]`` (left-padded), ``completion_*`` ``[N, L]`` (right-padded).
+    Position ids follow the attention mask, as in ``generate``, so left padding does not shift
+    them. ``num_chunks > 1`` splits the rows into that many forward passes (for no-grad
+    scoring); an empty chunk still runs one row so that every process makes the same number
+    of forward calls (each one is a collective under DeepSpeed ZeRO-3).
+    """
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask.to(torch.long), completion_mask.to(torch.long)], dim=1)
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    prompt_len, comp_len = prompt_ids.shape[1], completion_ids.shape[1]
+    # Positions P-1 .. P+L-1 predict the completion; the first one is a prompt position.
+    scored_mask = torch.cat([torch.zeros_like(completion_mask[:, :1]), completion_mask], dim=1)
+    scored_ids = input_ids[:, prompt_len - 1 :]
+    kwargs: dict[str, Any] = {"use_cache": False}
+    if logits_to_keep:
+        kwargs["logits_to_keep"] = comp_len + 1
+
+    logps = []
+    for rows in torch.arange(input_ids.shape[0], device=input_ids.device).tensor_split(
+        max(1, num_chunks)
+    ):
+        batch = {
+            "input_ids": input_ids[rows] if rows.numel() else input_ids[:1],
+            "attention_mask": attention_mask[rows] if rows.numel() else attention_mask[:1],
+            "position_ids": position_ids[rows] if rows.numel() else position_ids[:1],
+        }
+        logits = model(**batch, **kwargs).logits
+        if not rows.numel():
+            continue  # only run to keep the number of forward calls equal on every process
+        logits = logits[:, -(comp_len + 1) :]
+        token_logps, _ = sequence_token_logps(logits, scored_ids[rows], scored_mask[rows])
+        logps.append(token_logps)
+    return torch.cat(logps, dim=0), completion_mask.bool()
+
+
+def candidate_token_logps(
+    model: Any,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    *,
+    logits_to_keep: bool = False,
+    num_chunks: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs ``[B, C, L]`` of ``C`` candidate completions per prompt, and their
+    response-token mask ``[B, C, L]``: the forward pass a ranking loss needs.
+
+    ``prompt_*`` are ``[B, P]`` (left-padded), ``completion_*`` ``[B, C, L]`` (right-padded);
+    each prompt is repeated for its candidates and the ``B * C`` rows go through
+    :func:`completion_token_logps` (``num_chunks`` passes).
+    """
+    batch, num_candidates, width = completion_ids.shape
+    logps, token_mask = completion_token_logps(
+        model,
+        prompt_ids.repeat_interleave(num_candidates, dim=0),
+        prompt_mask.repeat_interleave(num_candidates, dim=0),
+        completion_ids.reshape(batch * num_candidates, width),
+        completion_mask.reshape(batch * num_candidates, width),
+        logits_to_keep=logits_to_keep,
+        num_chunks=num_chunks,
+    )
+    return logps.view(batch, num_candidates, width), token_mask.view(batch, num_candidates, width)
+
+
+def pad_last_dim(tensor: torch.Tensor, width: int, value: float | bool = 0) -> torch.Tensor:
+    """Right-pad the last dimension of ``tensor`` to ``width`` with ``value``."""
+    missing = width - tensor.shape[-1]
+    if missing <= 0:
+        return tensor
+    pad = tensor.new_full((*tensor.shape[:-1], missing), value)
+    return torch.cat([tensor, pad], dim=-1)

@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
 import torch
@@ -26,20 +25,10 @@ sys.path.insert(0, str(TESTS))
 
 from transformers import TrainerCallback  # noqa: E402
 
-from conftest import build_tiny_model, build_tiny_tokenizer  # noqa: E402
 from cyclealign import CycleAlignConfig, CycleAlignTrainer  # noqa: E402
-from cyclealign.rankers.base import BlackBoxRanker, RankResult  # noqa: E402
-
-PROMPTS = [
-    "How do I bake bread?",
-    "Tell me a joke.",
-    "What is the capital of France?",
-    "hello world",
-    "one two three",
-    "red green blue",
-    "apple banana cherry",
-    "the quick brown fox",
-]
+from cyclealign.rankers.base import BlackBoxRanker  # noqa: E402
+from cyclealign.types import RankResult  # noqa: E402
+from helpers import PROMPTS, WhiteboxTap, build_tiny_model, build_tiny_tokenizer  # noqa: E402
 
 
 class PreferE(BlackBoxRanker):
@@ -82,24 +71,14 @@ class EchoWhitebox(PreferE):
 
     def __init__(self):
         super().__init__()
-        self.ready = threading.Event()
-        self.whitebox = None
+        self.tap = WhiteboxTap()
 
     def attach(self, trainer):
-        original = trainer.loss_fn.ranking
-
-        def publish(*args, **kwargs):
-            self.whitebox = original(*args, **kwargs)
-            self.ready.set()
-            return self.whitebox
-
-        trainer.loss_fn.ranking = publish
+        self.tap.attach(trainer)
 
     def rank(self, requests):
         super().rank(requests)
-        assert self.ready.wait(60)
-        self.ready.clear()
-        return [RankResult(list(w)) for w in self.whitebox]
+        return [RankResult(list(w)) for w in self.tap.wait()]
 
 
 def checksum(model) -> tuple[str, float]:

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..prompts import ROLE_NAMES
+
 __all__ = ["DROP_REASONS", "HH_SUBSETS", "HHRLHFReport", "load_hh_rlhf", "split_dialogue"]
 
 logger = logging.getLogger("cyclealign.data")
@@ -45,7 +47,8 @@ DROP_REASONS = ("different_prefix", "malformed", "empty_reply", "identical_repli
 FORMATS = ("prompts", "ranked")
 
 _TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
-_ROLES = {"Human": "user", "Assistant": "assistant"}
+# HH-RLHF speaker names -> chat roles: the inverse of the one role map.
+_ROLES = {name: role for role, name in ROLE_NAMES.items() if role != "system"}
 _LAST_ASSISTANT = "\n\nAssistant:"
 
 

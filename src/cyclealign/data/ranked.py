@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..ranking_results import linear_rewards
+from ..agreement import PermutationError, check_permutation
 
 __all__ = [
     "ROUND_LOG_COLUMNS",
@@ -57,12 +57,13 @@ def row_rewards(row: Mapping[str, Any], where: str) -> list[float]:
     ranking = row.get("ranking")
     if ranking is None:
         raise ValueError(f"{where} has neither 'rewards' nor 'ranking'.")
-    if sorted(int(i) for i in ranking) != list(range(n)):
-        raise ValueError(
-            f"{where}: ranking {list(ranking)} is not a permutation of 0..{n - 1} (one index "
-            "per response, best first)."
-        )
-    return linear_rewards([int(i) for i in ranking])
+    try:
+        order = check_permutation(ranking, n)
+    except PermutationError as err:
+        raise ValueError(f"{where}: {err}") from None
+    from ..targets import linear_rewards  # here: reading rows needs no torch
+
+    return linear_rewards(order)
 
 
 def is_round_log(columns: Sequence[str]) -> bool:
@@ -171,8 +172,8 @@ def sample_and_score(
     """
     import torch
 
-    from ..collator import PromptCollator
-    from ..generation import eos_token_ids
+    from ..prompts import PromptCollator
+    from ..sampling import eos_token_ids
 
     eos = eos_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from ..collator import render_prompt
-from ..demonstrations import Demonstration
-from ..rankers.base import BlackBoxRanker, RankRequest
+from ..prompts import render_prompt
+from ..rankers.base import BlackBoxRanker
 from ..rankers.prompt import RankingTemplate
+from ..types import Demonstration, RankRequest
 from .metrics import load_metric
 
 __all__ = [

@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .._checks import check_shape, describe
+
 __all__ = ["PromptLosses", "RankingBatch", "RankingLoss", "RankingLossOutput"]
 
 
@@ -94,12 +96,12 @@ class RankingLoss(nn.Module):
       is a zero that still backpropagates (to zero gradients).
 
     Losses are computed in float32 at least (float64 input stays float64). Capability flags
-    are class attributes: ``name``, ``supports_ties`` (tied rewards are meaningful input) and
-    ``uses_reward_values`` (False when only the order of the rewards matters).
+    are class attributes: ``name`` and ``uses_reward_values`` (False when only the order of the
+    rewards matters; the trainer then warns that ``reward_from_ranking="scores"`` changes
+    nothing but ties).
     """
 
     name: ClassVar[str] = "ranking_loss"
-    supports_ties: ClassVar[bool] = True
     uses_reward_values: ClassVar[bool] = True
 
     # -- hooks for subclasses -------------------------------------------------------------
@@ -153,7 +155,7 @@ class RankingLoss(nn.Module):
         scores = self.score(token_logps, token_mask, candidate_mask)
         order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
         finite = torch.isfinite(scores.gather(1, order))
-        return [row[keep].tolist() for row, keep in zip(order, finite)]
+        return [row[keep].tolist() for row, keep in zip(order, finite)]  # host-device sync
 
     def score(
         self,
@@ -184,16 +186,16 @@ class RankingLoss(nn.Module):
         if not isinstance(token_logps, torch.Tensor) or token_logps.dim() != 3:
             raise ValueError(
                 f"{who}: token_logps must have shape [B, C, T] (prompts, candidates, tokens), "
-                f"got {_describe(token_logps)}."
+                f"got {describe(token_logps)}."
             )
         if not token_logps.is_floating_point():
             raise ValueError(f"{who}: token_logps must be floating point, got {token_logps.dtype}.")
         bsz, ncand, _ = token_logps.shape
-        _check_shape(who, "token_mask", token_mask, list(token_logps.shape), "[B, C, T]")
+        check_shape(who, "token_mask", token_mask, list(token_logps.shape), "[B, C, T]")
         if candidate_mask is None:
             candidate_mask = torch.ones(bsz, ncand, dtype=torch.bool, device=token_logps.device)
         else:
-            _check_shape(who, "candidate_mask", candidate_mask, [bsz, ncand], "[B, C]")
+            check_shape(who, "candidate_mask", candidate_mask, [bsz, ncand], "[B, C]")
             candidate_mask = candidate_mask.to(device=token_logps.device) != 0
         dtype = torch.promote_types(token_logps.dtype, torch.float32)
         mask = token_mask.to(device=token_logps.device) != 0
@@ -201,7 +203,7 @@ class RankingLoss(nn.Module):
         logps = torch.where(mask, token_logps.to(dtype), 0)
         num_tokens = mask.sum(-1)
         empty = candidate_mask & (num_tokens == 0)
-        if bool(empty.any()):
+        if bool(empty.any()):  # host-device sync: one flag read back per call
             b, c = (int(i) for i in empty.nonzero()[0])
             raise ValueError(
                 f"{who}: candidate {c} of prompt {b} has no scored token in token_mask. Count "
@@ -212,8 +214,9 @@ class RankingLoss(nn.Module):
         if rewards is None:
             rewards = torch.zeros(bsz, ncand, dtype=dtype, device=token_logps.device)
         else:
-            _check_shape(who, "rewards", rewards, [bsz, ncand], "[B, C]")
+            check_shape(who, "rewards", rewards, [bsz, ncand], "[B, C]")
             rewards = rewards.to(device=token_logps.device, dtype=dtype)
+            # Host-device sync: one flag read back per call.
             if not bool(torch.isfinite(rewards[candidate_mask]).all()):
                 raise ValueError(
                     f"{who}: rewards of real candidates must be finite, got {rewards.tolist()}."
@@ -237,16 +240,3 @@ class RankingLoss(nn.Module):
             num_real=num_real,
             contributing=num_real >= 2,
         )
-
-
-def _check_shape(who: str, arg: str, value: object, expected: list[int], symbolic: str) -> None:
-    if not isinstance(value, torch.Tensor) or list(value.shape) != expected:
-        raise ValueError(
-            f"{who}: {arg} must have shape {symbolic} = {expected}, got {_describe(value)}."
-        )
-
-
-def _describe(value: object) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a tensor of shape {list(value.shape)}"
-    return f"a {type(value).__name__}"

@@ -43,7 +43,6 @@ class PROLoss(RankingLoss):
     """
 
     name = "pro"
-    supports_ties = True
     uses_reward_values = True
 
     def __init__(self, sft_weight: float = 0.05, eps: float = 1e-10) -> None:

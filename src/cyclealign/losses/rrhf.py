@@ -39,7 +39,6 @@ class RRHFLoss(RankingLoss):
     """
 
     name = "rrhf"
-    supports_ties = True
     uses_reward_values = False
 
     def __init__(self, rank_weight: float = 1.0, length_penalty: float = 1.0) -> None:

@@ -11,10 +11,11 @@ from .._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "BlackBoxRanker": ".base",
-    "RankRequest": ".base",
-    "RankResult": ".base",
-    "Usage": ".base",
-    "is_permutation": ".base",
+    "PendingRanking": ".pending",
+    "RankRequest": "..types",
+    "RankResult": "..types",
+    "Usage": "..types",
+    "is_permutation": "..agreement",
     "RankingTemplate": ".prompt",
     "OpenAIRanker": ".openai",
     "LocalChatRanker": ".local",
@@ -27,7 +28,10 @@ __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
-    from .base import BlackBoxRanker, RankRequest, RankResult, Usage, is_permutation
+    from ..agreement import is_permutation
+    from ..types import RankRequest, RankResult, Usage
+    from .base import BlackBoxRanker
     from .local import FunctionRanker, LocalChatRanker, RewardModelRanker
     from .openai import OpenAIRanker
+    from .pending import PendingRanking
     from .prompt import RankingTemplate

@@ -1,4 +1,4 @@
-"""The black-box ranker interface and its request/result types.
+"""The black-box ranker interface (its request and result types live in :mod:`cyclealign.types`).
 
 A ranker receives, for each prompt, the white-box model's sampled responses and returns
 their order best-first. Subclasses implement either :meth:`BlackBoxRanker.rank` (sync)
@@ -11,109 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from ..demonstrations import Demonstration, Prompt
+from ..types import RankRequest, RankResult, Usage
 from ._loop import submit as _submit_coroutine
 
-
-def is_permutation(ranking: Sequence[int] | None, n: int) -> bool:
-    """True when ``ranking`` holds each of ``0..n-1`` exactly once."""
-    if ranking is None or len(ranking) != n:
-        return False
-    try:
-        return sorted(int(i) for i in ranking) == list(range(n))
-    except (TypeError, ValueError):
-        return False
-
-
-@dataclass(frozen=True)
-class RankRequest:
-    """One prompt, its candidate responses and the demonstrations to show with it."""
-
-    prompt: Prompt
-    responses: Sequence[str]
-    demonstrations: Sequence[Demonstration] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "responses", tuple(self.responses))
-        object.__setattr__(self, "demonstrations", tuple(self.demonstrations))
-
-
-@dataclass
-class Usage:
-    """What a ranker has spent. Token counts are the ones the server reports."""
-
-    requests: int = 0
-    cache_hits: int = 0
-    retries: int = 0
-    failures: Counter[str] = field(default_factory=Counter)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    @property
-    def total_failures(self) -> int:
-        return sum(self.failures.values())
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def add(self, other: Usage) -> None:
-        """Accumulate ``other`` into ``self`` (in place)."""
-        self.requests += other.requests
-        self.cache_hits += other.cache_hits
-        self.retries += other.retries
-        self.failures.update(other.failures)
-        self.prompt_tokens += other.prompt_tokens
-        self.completion_tokens += other.completion_tokens
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "requests": self.requests,
-            "cache_hits": self.cache_hits,
-            "retries": self.retries,
-            "failures": dict(self.failures),
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Usage:
-        data = dict(data)
-        data["failures"] = Counter(data.get("failures", {}))
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-
-@dataclass
-class RankResult:
-    """A ranker's answer for one request.
-
-    Args:
-        ranking: response indices best-first (a full permutation), or ``None`` when the
-            ranker could not produce one; ``error`` then says why.
-        scores: real-valued quality per response, when the ranker has them.
-        better_response: an improved response written by the black box, when asked for.
-        error: why there is no ranking (``None`` on success).
-        raw_text: the black box's raw answer, for logs.
-        usage: what this request cost.
-    """
-
-    ranking: list[int] | None
-    scores: list[float] | None = None
-    better_response: str | None = None
-    error: str | None = None
-    raw_text: str = ""
-    usage: Usage | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.ranking is not None
+__all__ = ["BlackBoxRanker", "RankRequest", "RankResult", "Usage"]
 
 
 class BlackBoxRanker:

@@ -24,8 +24,10 @@ from typing import Any, NamedTuple
 import torch
 
 from ..logprobs import sequence_token_logps
-from .base import BlackBoxRanker, RankRequest, RankResult, Usage
-from .prompt import RankingTemplate, render_prompt_text
+from ..prompts import as_messages, render_chat, render_prompt
+from ..types import RankRequest, RankResult, Usage
+from .base import BlackBoxRanker
+from .prompt import RankingTemplate
 
 __all__ = [
     "FunctionRanker",
@@ -162,19 +164,16 @@ class RewardModelRanker(BlackBoxRanker):
         self.max_length = max_length
 
     def text(self, prompt: Any, response: str) -> str:
-        """The text scored for one (prompt, response) pair."""
-        messages = (
-            [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        )
+        """The text scored for one (prompt, response) pair: the conversation ending with the
+        response, rendered as the white-box model's prompt is (:mod:`cyclealign.prompts`)."""
         if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template(
-                [*messages, {"role": "assistant", "content": response}], tokenize=False
+            messages = as_messages(prompt) or [{"role": "user", "content": prompt}]
+            return render_chat(
+                [*messages, {"role": "assistant", "content": response}],
+                self.tokenizer,
+                add_generation_prompt=False,
             )
-        if isinstance(prompt, str) and prompt.lstrip().startswith("Human:"):
-            dialogue = prompt.strip()  # already HH-RLHF text
-        else:
-            dialogue = render_prompt_text(messages)
-        return f"\n\n{dialogue}\n\nAssistant: {response}"
+        return f"{render_prompt(prompt, self.tokenizer)} {response}"
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
@@ -267,12 +266,7 @@ class LocalChatRanker(BlackBoxRanker):
         return out.logits, new_cache if new_cache is not None else out.past_key_values
 
     def _prompt_ids(self, messages: list[dict[str, str]]) -> torch.Tensor:
-        if self.tokenizer.chat_template:
-            text = self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
-        else:
-            text = "".join(f"\n\n{m['role']}: {m['content']}" for m in messages) + "\n\nassistant:"
+        text = render_chat(messages, self.tokenizer)
         ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
         return ids.to(next(self.model.parameters()).device)
 

@@ -29,9 +29,10 @@ from typing import Any
 
 import openai
 
+from ..types import RankRequest, RankResult, Usage
 from ._loop import background_loop
 from ._loop import submit as _submit_coroutine
-from .base import BlackBoxRanker, RankRequest, RankResult, Usage
+from .base import BlackBoxRanker
 from .budget import Budget, RateLimiter
 from .cache import RankCache, cache_key
 from .parsing import RankingParseError, parse_better_response, parse_ranking, parse_structured

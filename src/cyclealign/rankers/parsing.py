@@ -29,8 +29,11 @@ is as likely a 1-based answer as a wrong one, and shifting would invent a rankin
 from __future__ import annotations
 
 import json
+import operator
 import re
 from collections.abc import Sequence
+
+from ..agreement import PermutationError, check_permutation, is_permutation
 
 __all__ = [
     "FAILURE_KINDS",
@@ -63,35 +66,42 @@ class RankingParseError(ValueError):
         self.kind = kind
 
 
+_KINDS = {"not_integers": "not_permutation", "left_out": "not_permutation"}
+
+
 def validate_ranking(values: Sequence[object], n: int) -> list[int]:
-    """``values`` as a list of ints if it is a permutation of ``0..n-1``; else raise."""
+    """``values`` as a list of ints if it is a permutation of ``0..n-1``; else raise.
+
+    Numbers written as text (``"2"``) or as integral floats (``2.0``, from JSON) are read as
+    integers; the check itself is :func:`cyclealign.agreement.check_permutation`.
+    """
     try:
-        ranking = [int(v) for v in values]  # type: ignore[call-overload]
+        ranking = [_as_int(v) for v in values]
     except (TypeError, ValueError):
         raise RankingParseError(
             "not_permutation", f"ranking {values!r} is not a list of integers"
         ) from None
-    if any(isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()) for v in values):
-        raise RankingParseError("not_permutation", f"ranking {values!r} is not a list of integers")
-    if sorted(ranking) == list(range(1, n + 1)):
+    if is_permutation([v - 1 for v in ranking], n):  # exactly 1..n: a 1-based answer
         raise RankingParseError(
             "out_of_range",
             f"ranking {ranking} numbers the responses 1..{n}; they are numbered 0..{n - 1}",
         )
-    bad = [v for v in ranking if not 0 <= v < n]
-    if bad:
-        raise RankingParseError(
-            "out_of_range", f"ranking {ranking} has numbers outside 0..{n - 1}: {bad}"
-        )
-    duplicates = sorted({v for v in ranking if ranking.count(v) > 1})
-    if duplicates:
-        raise RankingParseError("duplicate", f"ranking {ranking} lists {duplicates} more than once")
-    if len(ranking) != n:
-        missing = sorted(set(range(n)) - set(ranking))
-        raise RankingParseError(
-            "not_permutation", f"ranking {ranking} leaves out responses {missing}"
-        )
-    return ranking
+    try:
+        return check_permutation(ranking, n)
+    except PermutationError as err:
+        raise RankingParseError(_KINDS.get(err.kind, err.kind), str(err)) from None
+
+
+def _as_int(value: object) -> int:
+    if isinstance(value, bool):
+        raise TypeError("a bool is not a response index")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"{value} is not an integer")
+        return int(value)
+    if isinstance(value, str):
+        return int(value.strip())
+    return operator.index(value)  # type: ignore[arg-type]
 
 
 def _int_list(body: str) -> list[str]:

@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..demonstrations import Demonstration, Prompt
-from .base import RankRequest
+from ..prompts import dialogue_text
+from ..types import Demonstration, Prompt, RankRequest
 
 __all__ = [
     "ANSWER_MARKER",
@@ -42,7 +42,6 @@ __all__ = [
     "display_order",
     "drop_static_demonstration",
     "escape_response",
-    "render_prompt_text",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,17 +79,6 @@ DEFAULT_STATIC_DEMONSTRATION = Demonstration(
     # theft and trespass (0).
     ranking=(1, 3, 2, 0),
 )
-
-
-def render_prompt_text(prompt: Prompt) -> str:
-    """A prompt as readable dialogue: strings as they are, chat messages as turns."""
-    if isinstance(prompt, str):
-        return prompt.strip()
-    names = {"user": "Human", "assistant": "Assistant", "system": "System"}
-    return "\n".join(
-        f"{names.get(str(m.get('role')), str(m.get('role')).title())}: {m.get('content', '')}"
-        for m in prompt
-    ).strip()
 
 
 _TAG = re.compile(r"<\s*(/?)\s*response", re.IGNORECASE)
@@ -168,7 +156,7 @@ class RankingTemplate:
         )
         return (
             "### Instruction:\n"
-            f"{escape_response(render_prompt_text(prompt))}\n"
+            f"{escape_response(dialogue_text(prompt))}\n"
             "### Responses:\n"
             f"{blocks}\n"
             f"Rank the {len(shown)} responses."
@@ -236,7 +224,6 @@ class RankingTemplate:
         seed: int = 0,
         request_better_response: bool = False,
         structured_output: bool = False,
-        use_static_demonstration: bool = True,
     ) -> tuple[list[dict[str, str]], list[int]]:
         """Chat messages for ``request`` and the display order of its responses.
 
@@ -250,12 +237,13 @@ class RankingTemplate:
             seed: mixed into the display-order hash (the same seed, the same order).
             request_better_response: also ask for an improved response.
             structured_output: ask for (and demonstrate) a JSON answer.
-            use_static_demonstration: ``False`` leaves the static demonstration out for
-                this call only.
+
+        The static demonstration is the template's own: a template without one
+        (``static_demonstration=None``, or :func:`drop_static_demonstration`) shows none.
         """
         messages = [{"role": "system", "content": self.instruction}]
         demos: list[Demonstration] = []
-        if self.static_demonstration is not None and use_static_demonstration:
+        if self.static_demonstration is not None:
             demos.append(self.static_demonstration)
         demos.extend(request.demonstrations)
         for demo in demos:

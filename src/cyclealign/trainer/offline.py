@@ -1,14 +1,14 @@
 """Offline ranking training: PRO and RRHF on fixed, already-ranked candidates.
 
 The paper's PRO and RRHF baselines train on ranked data with no generation and no black
-box. :class:`~cyclealign.CycleAlignTrainer` does that when it gets ``ranker=None`` and a
-dataset of ranked rows (see :mod:`cyclealign.data.ranked`), or a trainer's round log. The
-forward pass and the loss are the cycle's own (``generation.completion_token_logps`` and the
-configured ``RankingLoss``).
+box: :class:`OfflineRankingTrainer` does that on a dataset of ranked rows (see
+:mod:`cyclealign.data.ranked`) or a :class:`~cyclealign.CycleAlignTrainer`'s round log. The
+forward pass and the loss are the cycle's own (:func:`~cyclealign.logprobs.candidate_token_logps`
+and the configured ``RankingLoss``).
 
 Every response is scored as a finished answer: its tokens and an EOS, cut to
 ``max_completion_length`` (a cut response has no EOS), exactly like the black box's improved
-response in the cycle (``generation.finished_response_ids``).
+response in the cycle (:func:`~cyclealign.targets.finished_response_ids`).
 """
 
 from __future__ import annotations
@@ -18,16 +18,20 @@ from typing import Any
 
 import torch
 
-from .collator import PromptCollator
-from .data.ranked import from_round_log, is_round_log, row_rewards
-from .generation import completion_token_logps, finished_response_ids
+from ..config import CycleAlignConfig
+from ..data.ranked import from_round_log, is_round_log, row_rewards
+from ..logprobs import candidate_token_logps
+from ..losses import RankingLossOutput
+from ..prompts import PromptCollator
+from ..targets import finished_response_ids
+from .base import RankingTrainerBase
 
 __all__ = [
     "RANKED_COLUMNS",
+    "OfflineRankingTrainer",
     "RankedCollator",
     "has_ranked_columns",
     "prepare_ranked_datasets",
-    "ranked_batch_loss",
     "validate_ranked_rows",
 ]
 
@@ -80,11 +84,10 @@ def _prepare(dataset: Any, name: str) -> Any:
 def _needs(name: str, columns: list[str] | None) -> str:
     got = "is None" if columns is None else f"has columns {columns}"
     return (
-        "CycleAlignTrainer needs either a ranker (a BlackBoxRanker such as OpenAIRanker or "
-        "LocalChatRanker) to run the cycle on a dataset with a 'prompt' column, or "
-        "ranker=None with ranked data for offline PRO/RRHF training: columns "
-        "'prompt', 'responses' and 'rewards' or 'ranking' (load_hh_rlhf(format='ranked') "
-        f"gives them), or a round_log.jsonl loaded with datasets. {name} {got}."
+        "OfflineRankingTrainer trains on ranked data: columns 'prompt', 'responses' and "
+        "'rewards' or 'ranking' (load_hh_rlhf(format='ranked') gives them), or a "
+        "round_log.jsonl loaded with datasets. To run the cycle on prompts, use "
+        f"CycleAlignTrainer with a ranker. {name} {got}."
     )
 
 
@@ -144,23 +147,79 @@ class RankedCollator:
         return batch
 
 
-def ranked_batch_loss(
-    model: Any, inputs: Mapping[str, Any], loss_fn: Any, logits_to_keep: bool
-) -> Any:
-    """The configured ranking loss on a collated ranked batch, through the cycle's forward."""
-    completion_ids = inputs["completion_ids"]
-    batch, num, width = completion_ids.shape
-    logps, token_mask = completion_token_logps(
-        model,
-        inputs["input_ids"].repeat_interleave(num, dim=0),
-        inputs["attention_mask"].repeat_interleave(num, dim=0),
-        completion_ids.reshape(batch * num, width),
-        inputs["completion_mask"].reshape(batch * num, width),
-        logits_to_keep=logits_to_keep,
-    )
-    return loss_fn(
-        logps.view(batch, num, width),
-        token_mask.view(batch, num, width),
-        inputs["rewards"],
-        inputs["candidate_mask"],
-    )
+class OfflineRankingTrainer(RankingTrainerBase):
+    """Train a causal LM with a ranking loss (PRO, RRHF, a plugin) on fixed ranked candidates:
+    the paper's PRO and RRHF baselines, or a rerun of a CycleAlign round log.
+
+    One optimizer update per step; no generation, no ranker. The ``CycleAlignConfig`` fields
+    of the cycle (rounds, sampling, demonstrations) are not used; ``max_prompt_length`` and
+    ``max_completion_length`` cut prompts and responses.
+
+    Args:
+        model, args, processing_class, peft_config, callbacks, optimizers: as for
+            :class:`~cyclealign.CycleAlignTrainer`.
+        train_dataset, eval_dataset: ranked rows (``prompt``, ``responses``, and ``rewards``
+            or ``ranking``), or round logs; every row is checked before training starts.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        args: CycleAlignConfig | None = None,
+        *,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        peft_config: Any = None,
+        callbacks: list | None = None,
+        optimizers: tuple = (None, None),
+    ) -> None:
+        train_dataset, eval_dataset = prepare_ranked_datasets(train_dataset, eval_dataset)
+
+        def make_collator(tokenizer: Any, args: CycleAlignConfig, eos: list[int]) -> RankedCollator:
+            return RankedCollator(
+                tokenizer, args.max_prompt_length, args.max_completion_length, eos[0]
+            )
+
+        super().__init__(
+            model,
+            args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            peft_config=peft_config,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            make_collator=make_collator,
+        )
+
+    def _set_signature_columns_if_needed(self) -> None:
+        if self._signature_columns is None:
+            self._signature_columns = list(RANKED_COLUMNS)
+
+    def _ranked_loss(self, model: torch.nn.Module, inputs: Mapping[str, Any]) -> RankingLossOutput:
+        logps, token_mask = candidate_token_logps(
+            model,
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            inputs["completion_ids"],
+            inputs["completion_mask"],
+            logits_to_keep=self._logits_to_keep,
+        )
+        return self.loss_fn(logps, token_mask, inputs["rewards"], inputs["candidate_mask"])
+
+    def training_step(
+        self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
+    ) -> torch.Tensor:
+        """One update on a batch of ranked rows."""
+        model.train()
+        out = self._ranked_loss(model, self._prepare_inputs(inputs))
+        self._metrics.add("loss/rank", float(out.rank_loss.detach()))
+        self._metrics.add("loss/sft", float(out.sft_loss.detach()))
+        return self._update(model, out.loss, last=True)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """The ranking loss on a batch of ranked rows (the Trainer averages it)."""
+        with torch.no_grad():
+            out = self._ranked_loss(model, self._prepare_inputs(inputs))
+        return out.loss.detach(), None, None

@@ -12,15 +12,14 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .demonstrations import Prompt
-from .rankers.base import RankResult
+from ..types import Prompt, RankResult
 
-__all__ = ["ROUND_LOG_NAME", "RoundLogWriter", "round_record"]
+__all__ = ["ROUND_LOG_NAME", "RoundLogWriter", "log_row"]
 
 ROUND_LOG_NAME = "round_log.jsonl"
 
 
-def round_record(
+def log_row(
     *,
     step: int,
     round_index: int,
@@ -50,12 +49,10 @@ def round_record(
         "prompt": text,
         "messages": messages,
         "responses": [str(r) for r in responses],
-        "ranking": [int(i) for i in result.ranking] if result.ranking is not None else [],
+        "ranking": [int(i) for i in result.ranking] if result.ok else [],
         "whitebox_ranking": [int(i) for i in whitebox_ranking],
         "agreement": [int(i) for i in agreement],
-        "scores": [float(s) for s in result.scores]
-        if result.ranking is not None and result.scores
-        else [],
+        "scores": [float(s) for s in result.scores] if result.ok and result.scores else [],
         "better_response": result.better_response or "",
         "raw_text": result.raw_text or "",
         "error": result.error or "",

@@ -6,12 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from cyclealign.cycle_state import (
-    CYCLE_STATE_NAME,
-    load_cycle_state,
-    restore_cycle_state,
-    save_cycle_state,
-)
+from cyclealign.trainer.checkpoint import CYCLE_STATE_NAME, restore_cycle_state, save_cycle_state
 
 
 class Holder:
@@ -27,14 +22,13 @@ def test_roundtrip_per_process(tmp_path):
     rankers = [{"usage": {"requests": 3}}, {"usage": {"requests": 5}}]
     path = save_cycle_state(str(tmp_path / "checkpoint-2"), pool, rankers)
     assert json.loads(Path(path).read_text())["version"] == 1
-    assert load_cycle_state(str(tmp_path / "checkpoint-2"), 1) == (pool, rankers[1])
-    # More processes than saved: the extra ones start from the first process's state.
-    assert load_cycle_state(str(tmp_path / "checkpoint-2"), 3) == (pool, rankers[0])
-    holder_pool, holder_ranker = Holder(), Holder()
-    assert restore_cycle_state(
-        str(tmp_path / "checkpoint-2"), 0, pool=holder_pool, ranker=holder_ranker
-    )
-    assert holder_pool.state == pool and holder_ranker.state == rankers[0]
+    for process, expected in ((0, rankers[0]), (1, rankers[1]), (3, rankers[0])):
+        # More processes than saved: the extra ones start from the first process's state.
+        holder_pool, holder_ranker = Holder(), Holder()
+        assert restore_cycle_state(
+            str(tmp_path / "checkpoint-2"), process, pool=holder_pool, ranker=holder_ranker
+        )
+        assert holder_pool.state == pool and holder_ranker.state == expected
     assert not (tmp_path / "checkpoint-2" / (CYCLE_STATE_NAME + ".tmp")).exists()
 
 

@@ -8,10 +8,20 @@ decide, jointly, whether the step stops early and whether anything can be learne
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from ..losses import RankingLossOutput
+    from ..sampling import Candidates
+    from ..targets import PromptOutcome
+    from ..types import Usage
 
 __all__ = ["CycleMetrics", "RoundStats", "reduce_sum", "stats_to_metrics"]
 
@@ -34,22 +44,51 @@ class RoundStats:
     cache_hits: float = 0
     prompt_tokens: float = 0
     completion_tokens: float = 0
+    responses: float = 0  # distinct sampled responses (the candidates)
+    response_tokens: float = 0  # their tokens, EOS included
+    clipped: float = 0  # those cut by max_completion_length (no EOS)
     contributing: float = 0  # prompts that contributed to the loss
     loss_sum: float = 0  # loss, rank and SFT terms, each times `contributing`
     rank_loss_sum: float = 0
     sft_loss_sum: float = 0
 
-    def reduce(self, accelerator) -> RoundStats:
+    @classmethod
+    def count(cls, outcomes: Sequence[PromptOutcome], candidates: Candidates) -> RoundStats:
+        """This process's counters for one round's prompts and candidates."""
+        stats = cls(prompts=len(outcomes))
+        for o in outcomes:
+            stats.ranked += o.ranked
+            stats.failures += not o.ranked
+            stats.usable += o.usable
+            stats.not_full += not o.full_agreement
+            stats.better += o.better_response is not None
+            if o.ranked:
+                stats.agree_len += len(o.agreement)
+                stats.full += o.full_agreement
+            if o.kendall_tau is not None:
+                stats.tau_sum += o.kendall_tau
+                stats.tau_count += 1
+        real = candidates.candidate_mask
+        stats.responses = sum(len(texts) for texts in candidates.texts)
+        # Host-device sync: one scalar read back per round.
+        stats.response_tokens = float((candidates.completion_mask.sum(-1) * real).sum())
+        stats.clipped = sum(sum(cut) for cut in candidates.truncated)
+        return stats
+
+    def reduce(self, accelerator: Any) -> RoundStats:
         """The sum over every process. All processes must call it (it is a collective)."""
         return RoundStats(*reduce_sum(accelerator, [getattr(self, f.name) for f in fields(self)]))
 
-    def add_usage_delta(self, before, after) -> None:
-        """What the ranker spent between two copies of its ``usage``."""
+    def set_spent(self, before: Usage, after: Usage) -> None:
+        """What the ranker spent this round: the difference of two copies of its ``usage``."""
         for name in ("requests", "cache_hits", "prompt_tokens", "completion_tokens"):
             setattr(self, name, getattr(after, name) - getattr(before, name))
 
-    def add_loss(self, output, contributing: int) -> None:
-        """Record a :class:`~cyclealign.RankingLossOutput` averaged over ``contributing`` prompts."""
+    def add_loss(self, output: RankingLossOutput, contributing: int) -> None:
+        """Record a :class:`~cyclealign.RankingLossOutput` averaged over ``contributing`` prompts.
+
+        Host-device sync: three scalars read back.
+        """
         self.contributing += contributing
         self.loss_sum += float(output.loss.detach()) * contributing
         self.rank_loss_sum += float(output.rank_loss.detach()) * contributing
@@ -68,9 +107,30 @@ class CycleMetrics:
 
     def __init__(self) -> None:
         self.values: dict[str, list[float]] = defaultdict(list)
+        self._seconds: dict[str, float] = defaultdict(float)
 
     def add(self, name: str, value: float) -> None:
         self.values[name].append(float(value))
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Add the block's wall time to ``time/<name>`` (summed over the step's rounds)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._seconds[name] += time.perf_counter() - start
+
+    def add_times(self, phases: Sequence[str]) -> None:
+        """Log the step's summed time of each phase (0 for a phase that did not run) and start
+        counting the next step's."""
+        for name in phases:
+            self.add(f"time/{name}", self._seconds.get(name, 0.0))
+        self._seconds.clear()
+
+    def discard_times(self) -> None:
+        """Forget the times counted since the last :meth:`add_times` (evaluation rounds)."""
+        self._seconds.clear()
 
     def add_step(self, stats: RoundStats, rounds: int, updates: int) -> None:
         """Record the summed counters of one training step (or one evaluation batch)."""
@@ -91,7 +151,8 @@ class CycleMetrics:
 
 
 def stats_to_metrics(stats: RoundStats) -> dict[str, float]:
-    """Ratios and counts logged under ``agreement/*`` and ``ranker/*``."""
+    """Ratios and counts logged under ``agreement/*``, ``ranker/*``, ``completions/*`` and
+    ``loss/*``."""
     return {
         "agreement/length": _ratio(stats.agree_len, stats.ranked),
         "agreement/full_rate": _ratio(stats.full, stats.ranked),
@@ -103,12 +164,14 @@ def stats_to_metrics(stats: RoundStats) -> dict[str, float]:
         "ranker/prompt_tokens": stats.prompt_tokens,
         "ranker/completion_tokens": stats.completion_tokens,
         "ranker/better_responses": stats.better,
+        "completions/mean_length": _ratio(stats.response_tokens, stats.responses),
+        "completions/clipped_ratio": _ratio(stats.clipped, stats.responses),
         "loss/rank": _ratio(stats.rank_loss_sum, stats.contributing),
         "loss/sft": _ratio(stats.sft_loss_sum, stats.contributing),
     }
 
 
-def reduce_sum(accelerator, values: list[float]) -> list[float]:
+def reduce_sum(accelerator: Any, values: list[float]) -> list[float]:
     """Element-wise sum of ``values`` over processes (a collective: every process calls it)."""
     tensor = torch.tensor([values], dtype=torch.float64, device=accelerator.device)
     return accelerator.gather(tensor).reshape(-1, len(values)).sum(dim=0).tolist()

@@ -23,7 +23,7 @@ class SampleTableCallback(TrainerCallback):
 
     Args:
         get_samples: returns the latest round's records (round-log rows, see
-            :func:`cyclealign.round_log.round_record`).
+            :func:`cyclealign.trainer.round_log.log_row`).
         max_rows: samples per report.
     """
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "CYCLE_STATE_NAME",
-    "load_cycle_state",
-    "restore_cycle_state",
-    "save_cycle_state",
-]
+if TYPE_CHECKING:
+    from ..demonstrations import DemonstrationPool
+    from ..rankers.base import BlackBoxRanker
+
+__all__ = ["CYCLE_STATE_NAME", "restore_cycle_state", "save_cycle_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +38,15 @@ def save_cycle_state(
     return path
 
 
-def load_cycle_state(checkpoint_dir: str, process_index: int) -> tuple[Any, Any] | None:
-    """``(pool_state, ranker_state)`` for this process, or ``None`` when the checkpoint has none.
+def restore_cycle_state(
+    checkpoint_dir: str,
+    process_index: int,
+    *,
+    pool: DemonstrationPool,
+    ranker: BlackBoxRanker | None,
+) -> bool:
+    """Load the checkpoint's pool, and this process's ranker state, in place; ``False`` (with a
+    warning) when the checkpoint has none.
 
     A run resumed on more processes than it was saved with gives the extra processes the
     first process's ranker state.
@@ -52,22 +58,13 @@ def load_cycle_state(checkpoint_dir: str, process_index: int) -> tuple[Any, Any]
             checkpoint_dir,
             CYCLE_STATE_NAME,
         )
-        return None
+        return False
     with open(path, encoding="utf-8") as handle:
         state = json.load(handle)
+    if state.get("pool") is not None:
+        pool.load_state_dict(state["pool"])
     rankers = state.get("rankers") or [None]
     ranker_state = rankers[process_index] if process_index < len(rankers) else rankers[0]
-    return state.get("pool"), ranker_state
-
-
-def restore_cycle_state(checkpoint_dir: str, process_index: int, *, pool: Any, ranker: Any) -> bool:
-    """Load the saved pool and this process's ranker state in place; ``False`` if none."""
-    state = load_cycle_state(checkpoint_dir, process_index)
-    if state is None:
-        return False
-    pool_state, ranker_state = state
-    if pool_state is not None:
-        pool.load_state_dict(pool_state)
     if ranker_state is not None and ranker is not None:
         ranker.load_state_dict(ranker_state)
     return True

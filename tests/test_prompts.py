@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import build_tiny_tokenizer
-from cyclealign.collator import HUMAN_ASSISTANT_FORMAT, PromptCollator, render_prompt
+from cyclealign.prompts import HUMAN_ASSISTANT_FORMAT, PromptCollator, render_prompt
+from helpers import build_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

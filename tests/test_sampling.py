@@ -1,4 +1,4 @@
-"""Sampling candidates, completion masks with pad == EOS, and completion log-probs."""
+"""Sampling candidates, completion masks with pad == EOS, the sampling config."""
 
 from __future__ import annotations
 
@@ -6,35 +6,14 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from conftest import build_tiny_model, build_tiny_tokenizer
-from cyclealign.collator import PromptCollator
 from cyclealign.config import CycleAlignConfig
-from cyclealign.generation import (
-    accepts_logits_to_keep,
-    better_response_completions,
+from cyclealign.sampling import (
     checkpointing_paused,
-    completion_token_logps,
     eos_token_ids,
-    pad_last_dim,
     sample_candidates,
     sampling_config,
 )
-
-
-class ScriptedGenerator:
-    """Returns fixed completions after the prompt, as ``generate`` does (pad == EOS here)."""
-
-    def __init__(self, completions):
-        self.completions = torch.tensor(completions)
-
-    def generate(self, input_ids, attention_mask, generation_config):
-        assert input_ids.shape[0] == self.completions.shape[0]
-        return torch.cat([input_ids, self.completions], dim=1)
-
-
-def word(tokenizer, text):
-    (token,) = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return token
+from helpers import ScriptedGenerator, build_tiny_model, build_tiny_tokenizer, word
 
 
 def test_masks_come_from_positions_and_duplicates_collapse(tiny_tokenizer):
@@ -70,75 +49,6 @@ def test_masks_come_from_positions_and_duplicates_collapse(tiny_tokenizer):
     assert torch.equal(cands.completion_ids[1, 1], cands.completion_ids[1, 0])
 
 
-def _manual_logps(model, prompt_ids, completion_ids):
-    ids = torch.tensor([prompt_ids + completion_ids])
-    with torch.no_grad():
-        logps = model(input_ids=ids).logits[0].log_softmax(-1)
-    p = len(prompt_ids)
-    return torch.stack([logps[p - 1 + t, c] for t, c in enumerate(completion_ids)])
-
-
-def test_completion_logps_match_an_unpadded_forward(tiny_tokenizer):
-    model = build_tiny_model(tiny_tokenizer)
-    batch = PromptCollator(tiny_tokenizer)([{"prompt": "hi"}, {"prompt": "tell me a joke please"}])
-    completions = torch.tensor([[10, 11, 12], [13, 14, 0]])
-    comp_mask = torch.tensor([[True, True, True], [True, True, False]])
-    with torch.no_grad():
-        logps, mask = completion_token_logps(
-            model, batch["input_ids"], batch["attention_mask"], completions, comp_mask
-        )
-    assert mask.tolist() == comp_mask.tolist()
-    for row in range(2):
-        prompt = batch["input_ids"][row][batch["attention_mask"][row].bool()].tolist()
-        n = int(comp_mask[row].sum())
-        expected = _manual_logps(model, prompt, completions[row, :n].tolist())
-        torch.testing.assert_close(logps[row, :n], expected, atol=1e-5, rtol=1e-5)
-
-
-def test_logits_to_keep_and_chunks_give_the_same_logps_and_a_fixed_forward_count(tiny_tokenizer):
-    model = build_tiny_model(tiny_tokenizer)
-    assert accepts_logits_to_keep(model)
-    batch = PromptCollator(tiny_tokenizer)([{"prompt": p} for p in ["a", "bb cc", "dd"]])
-    completions = torch.randint(5, 200, (3, 4))
-    comp_mask = torch.ones(3, 4, dtype=torch.bool)
-    calls = []
-    model.register_forward_hook(lambda *_: calls.append(1))
-    args = (model, batch["input_ids"], batch["attention_mask"], completions, comp_mask)
-    with torch.no_grad():
-        reference, _ = completion_token_logps(*args)
-        kept, _ = completion_token_logps(*args, logits_to_keep=True)
-        calls.clear()
-        chunked, _ = completion_token_logps(*args, logits_to_keep=True, num_chunks=5)
-    torch.testing.assert_close(kept, reference)
-    torch.testing.assert_close(chunked, reference, atol=1e-5, rtol=1e-5)
-    assert len(calls) == 5  # 3 rows in 5 chunks: empty chunks still run a forward
-
-
-def test_better_responses_get_an_eos_and_others_copy_candidate_zero(tiny_tokenizer):
-    eos = tiny_tokenizer.eos_token_id
-    a = word(tiny_tokenizer, "a")
-    cands = sample_candidates(
-        ScriptedGenerator([[a, eos, eos], [a, a, eos], [a, a, a], [a, eos, eos]]),
-        torch.tensor([[3], [4]]),
-        torch.ones(2, 1, dtype=torch.long),
-        num_generations=2,
-        generation_config=None,
-        tokenizer=tiny_tokenizer,
-        eos_token_ids=[eos],
-    )
-    ids, mask, present = better_response_completions(
-        ["yes", None], cands, tokenizer=tiny_tokenizer, eos_token_id=eos, max_completion_length=8
-    )
-    expected = tiny_tokenizer("yes", add_special_tokens=False)["input_ids"] + [eos]
-    assert ids[0, : len(expected)].tolist() == expected and int(mask[0].sum()) == len(expected)
-    assert ids[1, :3].tolist() == [a, a, a] and int(mask[1].sum()) == 3  # truncated candidate
-    assert present.tolist() == [True, False]
-    ids, mask, _ = better_response_completions(
-        ["yes yes yes"], cands, tokenizer=tiny_tokenizer, eos_token_id=eos, max_completion_length=2
-    )
-    assert ids.shape[1] == 2 and eos not in ids[0].tolist()  # cut, so no EOS
-
-
 def test_eos_ids_and_sampling_config(tmp_path):
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_model(tokenizer)
@@ -156,14 +66,8 @@ def test_eos_ids_and_sampling_config(tmp_path):
     assert config.max_new_tokens == 64 and config.eos_token_id == [2]
 
 
-def test_pad_last_dim():
-    x = torch.ones(2, 3)
-    assert pad_last_dim(x, 5).tolist() == [[1, 1, 1, 0, 0]] * 2
-    assert pad_last_dim(x, 2) is x
-
-
 def test_generation_in_chunks_calls_generate_per_chunk(tiny_tokenizer):
-    from cyclealign.generation import sample_candidates
+    from cyclealign.sampling import sample_candidates
 
     model = build_tiny_model(tiny_tokenizer)
     calls = []
@@ -177,7 +81,7 @@ def test_generation_in_chunks_calls_generate_per_chunk(tiny_tokenizer):
     batch = tiny_tokenizer(["hello world", "one two"], return_tensors="pt", padding=True)
     config = GenerationConfig(
         do_sample=True,
-        max_completion_length=5,
+        max_new_tokens=5,
         pad_token_id=tiny_tokenizer.pad_token_id,
         eos_token_id=tiny_tokenizer.eos_token_id,
     )

@@ -1,11 +1,12 @@
-"""PendingRanking turns every ranker misbehaviour into failed results; rewards from rankings."""
+"""PendingRanking turns every ranker misbehaviour into failed results."""
 
 from __future__ import annotations
 
 import concurrent.futures
 
-from cyclealign.rankers.base import BlackBoxRanker, RankRequest, RankResult
-from cyclealign.ranking_results import PendingRanking, linear_rewards, rewards_from_result
+from cyclealign.rankers.base import BlackBoxRanker
+from cyclealign.rankers.pending import PendingRanking
+from cyclealign.types import RankRequest, RankResult
 
 REQUESTS = [RankRequest("p", ["a", "b", "c"]), RankRequest("q", ["x", "y"])]
 
@@ -65,13 +66,3 @@ def test_a_future_that_raises_later():
 
     results = PendingRanking(Late(), REQUESTS).wait()
     assert all("TimeoutError: slow" in r.error for r in results)
-
-
-def test_rewards():
-    assert linear_rewards([2, 0, 1]) == [1.0, 0.0, 2.0]
-    result = RankResult([2, 0, 1], scores=[0.5, -1.0, 3.0])
-    assert rewards_from_result(result, "scores") == [0.5, -1.0, 3.0]
-    assert rewards_from_result(result, "linear") == [1.0, 0.0, 2.0]
-    for scores in (None, [1.0], [1.0, float("nan"), 2.0], ["a", "b", "c"]):
-        fallback = RankResult([2, 0, 1], scores=scores)
-        assert rewards_from_result(fallback, "scores") == [1.0, 0.0, 2.0]

@@ -1,20 +1,22 @@
-"""Calling the black-box ranker without ever letting it stop training, and turning its
-answers into rewards.
+"""Rankings in flight: started before the white-box forward pass, collected after it, and
+never allowed to stop training.
 
 Whatever goes wrong (``submit`` raising, the future raising, the wrong number of results, a
-ranking that is not a permutation) becomes a failed :class:`RankResult` with an ``error``.
+ranking that is not a permutation) becomes a failed :class:`~cyclealign.RankResult` with an
+``error``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
-import math
 from collections.abc import Sequence
 
-from .rankers.base import BlackBoxRanker, RankRequest, RankResult, is_permutation
+from ..agreement import is_permutation
+from ..types import RankRequest, RankResult
+from .base import BlackBoxRanker
 
-__all__ = ["PendingRanking", "linear_rewards", "rewards_from_result"]
+__all__ = ["PendingRanking"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ class PendingRanking:
 def _check(result: object, n: int) -> RankResult:
     if not isinstance(result, RankResult):
         return RankResult(None, error=f"not a RankResult: {type(result).__name__}")
-    if result.ranking is None:
+    if not result.ok:
         return result if result.error else _failed(result, "no ranking and no error given")
     if not is_permutation(result.ranking, n):
         return _failed(result, f"invalid ranking {result.ranking!r} for {n} responses")
@@ -65,30 +67,3 @@ def _check(result: object, n: int) -> RankResult:
 
 def _failed(result: RankResult, error: str) -> RankResult:
     return RankResult(None, error=error, raw_text=result.raw_text, usage=result.usage)
-
-
-def linear_rewards(ranking: Sequence[int]) -> list[float]:
-    """Reward ``n-1`` for the best response down to ``0`` for the worst, by response index."""
-    n = len(ranking)
-    rewards = [0.0] * n
-    for position, index in enumerate(ranking):
-        rewards[index] = float(n - 1 - position)
-    return rewards
-
-
-def rewards_from_result(result: RankResult, mode: str) -> list[float]:
-    """Rewards by response index for a successful result.
-
-    ``mode="scores"`` uses the ranker's scores when it gave one finite value per response;
-    otherwise (and for ``"linear"``) the ranks.
-    """
-    assert result.ranking is not None
-    scores = result.scores
-    if mode == "scores" and scores is not None and len(scores) == len(result.ranking):
-        try:
-            values = [float(s) for s in scores]
-        except (TypeError, ValueError):
-            values = []
-        if values and all(math.isfinite(v) for v in values):
-            return values
-    return linear_rewards(result.ranking)

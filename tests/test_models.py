@@ -8,8 +8,8 @@ import peft
 import pytest
 import torch
 
-from conftest import build_tiny_model
-from cyclealign.model_loading import disable_dropout, load_model_and_tokenizer, wrap_with_peft
+from cyclealign.models import disable_dropout, load_model_and_tokenizer, wrap_with_peft
+from helpers import build_tiny_model
 
 
 def test_path_with_string_dtype_loads_model_and_tokenizer(tiny_model_dir):

@@ -1,0 +1,148 @@
+"""Prompts as both models see them: the one role map, rendering, and the collator.
+
+A prompt is a string or chat messages. The white-box model sees it through its tokenizer's
+chat template (``add_generation_prompt=True``), or, without one, in the paper's LLaMA format
+``"\n\nHuman: {prompt}\n\nAssistant:"`` (:func:`render_prompt`). The black box is shown the
+conversation as plain dialogue lines, ``"Human: ..."`` / ``"Assistant: ..."``
+(:func:`dialogue_text`). Local judge models render chats the same way as the white box
+(:func:`render_chat`). All three use :data:`ROLE_NAMES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .types import Prompt
+
+__all__ = [
+    "HUMAN_ASSISTANT_FORMAT",
+    "ROLE_NAMES",
+    "PromptCollator",
+    "as_messages",
+    "dialogue_text",
+    "render_chat",
+    "render_prompt",
+    "role_name",
+]
+
+#: Prompt format for tokenizers without a chat template (the paper's LLaMA setup).
+HUMAN_ASSISTANT_FORMAT = "\n\nHuman: {prompt}\n\nAssistant:"
+
+#: How chat roles are written in plain-text dialogue (HH-RLHF's speaker names).
+ROLE_NAMES = {"user": "Human", "assistant": "Assistant", "system": "System"}
+
+
+def role_name(role: Any) -> str:
+    """The speaker name of a chat role; unknown roles are title-cased (``"tool"`` -> ``"Tool"``)."""
+    return ROLE_NAMES.get(str(role), str(role).title())
+
+
+def as_messages(prompt: Prompt) -> list[dict[str, Any]] | None:
+    """Chat messages (copied) of a message-list prompt; ``None`` for a string prompt."""
+    if isinstance(prompt, str):
+        return None
+    if isinstance(prompt, Sequence) and all(
+        isinstance(m, Mapping) and "role" in m and "content" in m for m in prompt
+    ):
+        return [dict(m) for m in prompt]
+    raise ValueError(
+        "A prompt must be a string or a list of chat messages "
+        f'[{{"role": ..., "content": ...}}, ...], got {prompt!r:.200}.'
+    )
+
+
+def dialogue_text(prompt: Prompt) -> str:
+    """A prompt as readable dialogue, one ``"Speaker: text"`` line per message (strings as they
+    are). What the black box is shown."""
+    messages = as_messages(prompt)
+    if messages is None:
+        assert isinstance(prompt, str)
+        return prompt.strip()
+    return "\n".join(f"{role_name(m['role'])}: {m['content']}" for m in messages).strip()
+
+
+def render_chat(
+    messages: Sequence[Mapping[str, Any]], tokenizer: Any, add_generation_prompt: bool = True
+) -> str:
+    """Chat messages as the model's input text: the tokenizer's chat template, or without one
+    ``"\n\nHuman: ..."`` / ``"\n\nAssistant: ..."`` turns (ending with ``"\n\nAssistant:"`` when
+    ``add_generation_prompt``)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    turns = "".join(f"\n\n{role_name(m['role'])}: {m['content']}" for m in messages)
+    return turns + ("\n\nAssistant:" if add_generation_prompt else "")
+
+
+def render_prompt(prompt: Prompt, tokenizer: Any) -> str:
+    """The text the white-box model is conditioned on.
+
+    * With a chat template: a string becomes one user message; messages are rendered with
+      ``add_generation_prompt=True``.
+    * Without one: a string already ending in ``"Assistant:"`` (HH-RLHF style) is kept as is,
+      any other string is wrapped in :data:`HUMAN_ASSISTANT_FORMAT`; messages become
+      ``"\n\nHuman: ..."`` / ``"\n\nAssistant: ..."`` turns ending with ``"\n\nAssistant:"``.
+    """
+    messages = as_messages(prompt)
+    if messages is None:
+        assert isinstance(prompt, str)
+        if getattr(tokenizer, "chat_template", None):
+            messages = [{"role": "user", "content": prompt}]
+        elif prompt.rstrip().endswith("Assistant:"):
+            return prompt
+        else:
+            return HUMAN_ASSISTANT_FORMAT.format(prompt=prompt)
+    return render_chat(messages, tokenizer)
+
+
+class PromptCollator:
+    """Collate rows with a ``prompt`` column for :class:`~cyclealign.CycleAlignTrainer`.
+
+    Returns ``input_ids`` and ``attention_mask`` (``[B, P]``, left-padded, the longest
+    prompts left-truncated to ``max_prompt_length`` tokens) and ``prompts``, the raw prompts as
+    a Python list (``Trainer._prepare_inputs`` moves tensors and leaves lists alone).
+
+    Chat-template text is tokenized without extra special tokens (the template writes them);
+    the Human/Assistant format gets the tokenizer's usual ones (a BOS for LLaMA).
+    """
+
+    def __init__(self, tokenizer: Any, max_prompt_length: int | None = None) -> None:
+        if tokenizer.pad_token_id is None:
+            raise ValueError(
+                "PromptCollator: the tokenizer has no pad token. Set one, for example "
+                "tokenizer.pad_token = tokenizer.eos_token."
+            )
+        self.tokenizer = tokenizer
+        self.max_prompt_length = max_prompt_length
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        import torch  # here, so rankers and data helpers can render prompts without torch
+
+        prompts = []
+        for row in features:
+            if "prompt" not in row:
+                raise ValueError(
+                    f"Every row needs a 'prompt' column (a string or chat messages); got a row "
+                    f"with columns {sorted(row)}. Rename your column to 'prompt'."
+                )
+            prompts.append(row["prompt"])
+        add_special = not getattr(self.tokenizer, "chat_template", None)
+        ids = []
+        for prompt in prompts:
+            text = render_prompt(prompt, self.tokenizer)
+            tokens = self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+            if self.max_prompt_length is not None:
+                tokens = tokens[-self.max_prompt_length :]
+            ids.append(tokens)
+        width = max(len(t) for t in ids)
+        if width == 0:
+            raise ValueError("PromptCollator: every prompt in the batch tokenized to nothing.")
+        input_ids = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, tokens in enumerate(ids):
+            if tokens:
+                input_ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
+                attention_mask[row, width - len(tokens) :] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "prompts": prompts}

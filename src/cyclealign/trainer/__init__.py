@@ -1,0 +1,10 @@
+"""The two trainers and what they share: the cycle (:class:`CycleAlignTrainer`), offline
+ranked-data training (:class:`OfflineRankingTrainer`), their counters, round log and
+checkpointed state."""
+
+from __future__ import annotations
+
+from .cycle import CycleAlignTrainer
+from .offline import OfflineRankingTrainer
+
+__all__ = ["CycleAlignTrainer", "OfflineRankingTrainer"]

@@ -1,0 +1,111 @@
+"""What both trainers share: the config check, the model (a path, PEFT, dropout), the
+ranking loss, the optimizer updates and the step metrics.
+
+:class:`~cyclealign.CycleAlignTrainer` (the cycle) and
+:class:`~cyclealign.OfflineRankingTrainer` (fixed ranked data) differ only in where the
+candidates and their rewards come from; the loss path is this one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from accelerate.utils import DistributedType
+from transformers import Trainer
+
+from ..config import CycleAlignConfig
+from ..logprobs import accepts_logits_to_keep
+from ..losses import get_ranking_loss
+from ..models import disable_dropout, load_model_and_tokenizer, wrap_with_peft
+from ..sampling import eos_token_ids
+from .stats import CycleMetrics
+
+__all__ = ["RankingTrainerBase"]
+
+
+class RankingTrainerBase(Trainer):
+    """A :class:`transformers.Trainer` that trains a causal LM with a ranking loss.
+
+    Subclasses give the collator (``make_collator(tokenizer, args, eos_token_ids)``, called once the
+    model and tokenizer are loaded) and the training step.
+
+    Args:
+        model: a causal LM, or a local path / hub id loaded with
+            ``AutoModelForCausalLM.from_pretrained(model, **args.model_init_kwargs)``.
+        args: a :class:`~cyclealign.CycleAlignConfig` (default: one writing to
+            ``cyclealign-output``).
+        train_dataset, eval_dataset: the datasets (what their rows hold is the subclass's).
+        processing_class: the tokenizer; loaded from ``model`` when it is a path.
+        peft_config: wrap the model with ``peft.get_peft_model``; only the adapter trains.
+        callbacks, optimizers: as in :class:`transformers.Trainer`.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        args: CycleAlignConfig | None = None,
+        *,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        peft_config: Any = None,
+        callbacks: list | None = None,
+        optimizers: tuple = (None, None),
+        make_collator: Callable[[Any, CycleAlignConfig, list[int]], Any],
+    ) -> None:
+        if args is None:
+            args = CycleAlignConfig(output_dir="cyclealign-output")
+        elif not isinstance(args, CycleAlignConfig):
+            raise TypeError(
+                f"{type(self).__name__}: args must be a CycleAlignConfig, got "
+                f"{type(args).__name__}. Build one with CycleAlignConfig(output_dir=..., ...)."
+            )
+        args._validate()  # fields may have been changed after construction
+        model, processing_class = load_model_and_tokenizer(model, args, processing_class)
+        if peft_config is not None:
+            model = wrap_with_peft(model, peft_config, args)
+        if args.disable_dropout:
+            disable_dropout(model)
+        if processing_class.pad_token is None:
+            processing_class.pad_token = processing_class.eos_token
+        self.loss_fn = get_ranking_loss(args.ranking_loss, **(args.ranking_loss_kwargs or {}))
+        self._metrics = CycleMetrics()
+        eos_ids = eos_token_ids(model, processing_class)
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=make_collator(processing_class, args, eos_ids),
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+        self.eos_token_ids = eos_ids
+        self._logits_to_keep = accepts_logits_to_keep(self.model)
+
+    def _update(self, model: torch.nn.Module, loss: torch.Tensor, last: bool) -> torch.Tensor:
+        """Backpropagate ``loss``; unless ``last``, also step the optimizer (the Trainer steps
+        after the last one, with the learning-rate schedule). Returns ``loss`` detached."""
+        kwargs = {}
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            kwargs["scale_wrt_gas"] = False
+        # Under DeepSpeed this also clips, steps and zeroes (the engine's step).
+        self.accelerator.backward(loss, **kwargs)
+        if not last and not self.is_deepspeed_enabled:
+            if self.args.max_grad_norm is not None and self.args.max_grad_norm > 0:
+                self._clip_grad_norm(model)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def _training_metrics(self) -> dict[str, float]:
+        """The step metrics collected since the last log (means over steps)."""
+        return self._metrics.pop_means()
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model.training:  # evaluation adds its own metrics in evaluation_loop
+            logs = {**logs, **self._training_metrics()}
+        super().log(logs, start_time)
