@@ -177,7 +177,7 @@ def test_generation_in_chunks_calls_generate_per_chunk(tiny_tokenizer):
     batch = tiny_tokenizer(["hello world", "one two"], return_tensors="pt", padding=True)
     config = GenerationConfig(
         do_sample=True,
-        max_completion_length=5,
+        max_new_tokens=5,
         pad_token_id=tiny_tokenizer.pad_token_id,
         eos_token_id=tiny_tokenizer.eos_token_id,
     )
