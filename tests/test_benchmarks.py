@@ -131,3 +131,31 @@ def test_docs_quote_the_committed_results(name):
     block = f"<!-- results:{name} -->\n{describe(result)}\n<!-- /results:{name} -->"
     assert block in docs.read_text(), "run `python benchmarks/_report.py` to update the docs"
     assert render_docs(docs) == docs.read_text()
+
+
+def test_gpu_check_dry_run_reports_every_field_as_a_number(tmp_path):
+    """benchmarks/gpu_check.sh --dry-run runs the accelerator check's code on this CPU."""
+    out = tmp_path / "gpu_check.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_check.sh"), "--dry-run", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from _gpu_check import FIELDS
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    report = json.loads(out.read_text())
+    (row,) = report["rows"]
+    assert row["model"] == "tiny-2-layer" and report["settings"]["steps"] == 1
+    for field in FIELDS:
+        assert isinstance(row[field], (int, float)) and not isinstance(row[field], bool), field
+        assert row[field] >= 0, field
+    assert row["sampling tokens/s"] > 0 and row["time/generate s"] > 0
+    assert row["time/forward s"] > 0 and row["time/backward s"] > 0
+    assert f"| tiny-2-layer | {row['parameters (M)']} |" in proc.stdout  # the printed table
