@@ -152,6 +152,8 @@ class OptimizerSteps(TrainerCallback):
 
     def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
         inner = getattr(optimizer, "optimizer", optimizer)
+        if not hasattr(inner, "register_step_pre_hook"):
+            return  # DeepSpeed's ZeRO optimizers (the engine steps them): not recorded
         self.params = [p for group in inner.param_groups for p in group["params"]]
         inner.register_step_pre_hook(self.snapshot)
         inner.register_step_post_hook(lambda *_: self.compare(state.global_step))

@@ -119,10 +119,10 @@ def enable_fsdp_on_cpu(trainer: Any) -> bool:
         state.device = torch.device("cpu")
     trainer.is_fsdp_enabled = True
     # The Trainer's own FSDP checks ran before FSDP was on: the same two, now.
-    if plugin.activation_checkpointing and trainer.args.gradient_checkpointing:
+    if plugin.activation_checkpointing and trainer.args.activation_checkpointing:
         raise ValueError(
-            "fsdp_activation_checkpointing (FSDP's own) and gradient_checkpointing cannot both "
-            "be on: use one of them."
+            "fsdp_activation_checkpointing (FSDP's own) and activation_checkpointing (or its "
+            "old name gradient_checkpointing) cannot both be on: use one of them."
         )
     if trainer.args.save_only_model and "SHARDED_STATE_DICT" in str(plugin.state_dict_type):
         raise ValueError(
