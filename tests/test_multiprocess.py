@@ -1,6 +1,6 @@
 """Real multi-process runs on CPU: DDP (gloo), DeepSpeed ZeRO-2 and ZeRO-3 on one and on two
-processes (ZeRO-3 with really partitioned parameters), LoRA, activation checkpointing,
-rankers that fail, a SIGKILL between checkpoints.
+processes (ZeRO-3 with really partitioned parameters), FSDP2 and FSDP1 (really sharded),
+LoRA, activation checkpointing, rankers that fail, a SIGKILL between checkpoints.
 
 Each test launches ``tests/multiprocess/train_tiny.py`` as a user would (``accelerate
 launch``) and compares what every process wrote. Recipes and traps: ``docs/trainer.md``.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -79,10 +80,21 @@ def run(command: list[str], env: dict[str, str]) -> tuple[int, str]:
     return proc.returncode, output
 
 
-def launch(out: Path, *script_args: str, processes: int = 2, config: Path | None = None) -> list:
-    """``processes`` processes of the script: plain DDP (gloo), or what ``config`` says."""
+def launch(
+    out: Path,
+    *script_args: str,
+    processes: int = 2,
+    config: Path | None = None,
+    use_cpu: bool = False,
+    expect_kill: bool = False,
+) -> list:
+    """``processes`` processes of the script: plain DDP (gloo), or what ``config`` says
+    (``use_cpu``: with ACCELERATE_USE_CPU=1, as FSDP configs need on CPUs). ``expect_kill``:
+    the script SIGKILLs itself; returns nothing."""
     env = script_env()
     command = [sys.executable, "-m", "accelerate.commands.launch"]
+    if use_cpu:
+        env["ACCELERATE_USE_CPU"] = "1"
     if config is not None:
         command += ["--config_file", str(config)]
     elif processes > 1:
@@ -93,6 +105,9 @@ def launch(out: Path, *script_args: str, processes: int = 2, config: Path | None
     command += ["--num_processes", str(processes), "--main_process_port", str(free_port())]
     command += [str(SCRIPT), "--out", str(out), *script_args]
     returncode, output = run(command, env)
+    if expect_kill:
+        assert returncode != 0 and "SIGKILL" in output, output[-6000:]
+        return []
     assert returncode == 0, f"launch failed ({returncode}):\n{output[-6000:]}"
     results = [json.loads((out / f"rank{i}.json").read_text()) for i in range(processes)]
     # A wrong launch starts unrelated single-process runs: each would say 1.
@@ -263,6 +278,143 @@ def test_deepspeed_two_processes_match_ddp(tmp_path, ddp_run, setup):
     assert a["final"][1] == pytest.approx(ref["final"][1], rel=1e-6)
     assert a["final"][1] != pytest.approx(a["initial"][1], rel=1e-4)
     assert logged(a, "grad_norm") == pytest.approx(logged(ref, "grad_norm"), rel=1e-5)
+
+
+# -- FSDP --------------------------------------------------------------------------------------
+
+FSDP2_CPU = CONFIGS / "fsdp2_cpu.yaml"
+# Checkpoints after every step (for the resume tests) and save_model at the end.
+FSDP_ARGS = ("--save_steps", "1", "--save_model")
+
+
+def fsdp1_cpu_config(folder: Path) -> Path:
+    """FSDP1 on CPUs: fsdp2_cpu.yaml with FSDP1's settings (see docs/trainer.md)."""
+    text = FSDP2_CPU.read_text().replace("fsdp_version: 2", "fsdp_version: 1")
+    text = text.replace(
+        "fsdp_reshard_after_forward: true",
+        "fsdp_reshard_after_forward: FULL_SHARD\n"
+        "  fsdp_use_orig_params: true\n"
+        "  fsdp_sync_module_states: false",  # true looks for a GPU
+    )
+    assert "fsdp_version: 1" in text and "FULL_SHARD" in text
+    (folder / "fsdp1_cpu.yaml").write_text(text)
+    return folder / "fsdp1_cpu.yaml"
+
+
+@pytest.fixture(scope="module")
+def fsdp2_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp2")
+    return out, launch(out, *FSDP_ARGS, config=FSDP2_CPU, use_cpu=True)
+
+
+@pytest.fixture(scope="module")
+def fsdp1_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fsdp1")
+    config = fsdp1_cpu_config(folder)
+    return folder / "out", launch(folder / "out", *FSDP_ARGS, config=config, use_cpu=True)
+
+
+def max_weight_difference(a: dict, b: dict) -> float:
+    import torch
+
+    mine, theirs = torch.load(a["weights"]), torch.load(b["weights"])
+    assert mine.keys() == theirs.keys()  # FSDP's wrappers left no trace in the names
+    return max(float((mine[k].double() - theirs[k].double()).abs().max()) for k in mine)
+
+
+@pytest.mark.parametrize("version", [2, 1])
+def test_fsdp_two_processes_shard_and_match_ddp(request, ddp_run, version):
+    _, (a, b) = request.getfixturevalue(f"fsdp{version}_run")
+    assert "FSDP" in a["distributed_type"] and a["fsdp_version"] == b["fsdp_version"] == version
+    # Really sharded: between steps each process holds its half of the parameters only.
+    assert a["local_numel"] + b["local_numel"] == a["numel"] > a["local_numel"]
+    assert_ranks_identical(a, b)
+    ref = ddp_run[0]
+    assert [r["prompts_seen"] for r in (a, b)] == [r["prompts_seen"] for r in ddp_run]
+    assert updates(a) == updates(ref) == [2.0, 2.0]
+    # Per step, the inner round's update and the Trainer's, each changing this rank's shard.
+    assert a["optimizer_steps"] == b["optimizer_steps"] == [0, 0, 1, 1]
+    assert a["pool"] == ref["pool"]
+    # Tolerance. With 2 processes the gradients are bitwise those of DDP: reduce-scatter and
+    # all-reduce both compute a + b (one rounding, either order) and halve it exactly (checked:
+    # with max_grad_norm=0 the weights are bitwise equal). Only the clipping norm differs:
+    # FSDP adds per-shard partial sums of squares, DDP per-tensor norms, so the norm (~11 here,
+    # clipped to 1) and the clip coefficient differ by ~1 float32 ulp (~1e-7 relative; the
+    # logged grad norms: 11.544005 vs 11.544006). Adam's step m / (sqrt(v) + eps) is unchanged
+    # by a common scale up to that ~1e-7, so an update of lr = 1e-3 differs by ~1e-10 per
+    # weight; the changed weights then change the next gradients as little. Measured over the 4
+    # updates: max |w_fsdp - w_ddp| = 7.5e-9 (FSDP2 and FSDP1), ||diff||_2 = 1.3e-7. atol 1e-6
+    # leaves 100x room and is 1000x below one update (Adam's first step moves each weight by
+    # ~lr), so a skipped or extra update fails. The losses: the first round sees identical
+    # weights, later ones weights within ||diff||_2 = 1.3e-7 with a gradient norm of ~11, a
+    # change below 2e-6 of a loss of ~13 (measured: equal); rel 1e-5 is ~10 float32 ulp. A
+    # wrong gradient scale leaves Adam's weights alone, but not the grad norms (rel 1e-6: 10
+    # ulp).
+    assert max_weight_difference(a, ref) <= 1e-6
+    assert logged(a, "loss") == pytest.approx(logged(ref, "loss"), rel=1e-5)
+    assert logged(a, "grad_norm") == pytest.approx(logged(ref, "grad_norm"), rel=1e-6)
+    # save_model wrote the full trained weights, named as in the model (FSDP1 on CPUs: sharded,
+    # merged here with accelerate's merge_fsdp_weights as the warning says).
+    assert a["saved_model"] == a["final"]
+
+
+def test_fsdp2_kill_and_resume_ends_as_the_uninterrupted_run(tmp_path, fsdp2_run):
+    """SIGKILLed when step 2 ends (after checkpoint-1, before checkpoint-2), then resumed:
+    the same weights, bitwise, and the same pool as the run that was never stopped."""
+    _, (whole, _) = fsdp2_run
+    out = tmp_path / "killed"
+    kill = ("--kill_at_step", "2")
+    launch(out, *FSDP_ARGS, *kill, config=FSDP2_CPU, use_cpu=True, expect_kill=True)
+    assert (out / "checkpoint-1" / "pytorch_model_fsdp_0").is_dir()  # sharded, with the pool
+    assert (out / "checkpoint-1" / "cyclealign_state.json").exists()
+    assert not (out / "checkpoint-2").exists()
+    a, b = launch(out, *FSDP_ARGS, "--resume", config=FSDP2_CPU, use_cpu=True)
+    assert a["global_step"] == 2 and a["optimizer_steps"] == [1, 1]  # step 2 only
+    assert a["final"] == b["final"] == whole["final"] != whole["initial"]
+    assert a["pool"] == b["pool"] == whole["pool"]
+    assert logged(a, "loss") == logged(whole, "loss")
+
+
+def test_fsdp1_resumes_a_sharded_checkpoint_exactly(tmp_path, fsdp1_run):
+    # Resuming checkpoint-1 of the FSDP1 run must repeat its step 2 exactly. Without
+    # cyclealign's fix accelerate restores no Adam state under FSDP1 (the optimizer restarts
+    # silently; the weights then end 1.8e-3 away).
+    out, (whole, _) = fsdp1_run
+    shutil.copytree(out / "checkpoint-1", tmp_path / "out" / "checkpoint-1")
+    config = fsdp1_cpu_config(tmp_path)
+    a, b = launch(tmp_path / "out", *FSDP_ARGS, "--resume", config=config, use_cpu=True)
+    assert a["global_step"] == 2 and a["optimizer_steps"] == [1, 1]
+    assert a["final"] == b["final"] == whole["final"]
+    assert a["pool"] == b["pool"] == whole["pool"]
+
+
+def test_fsdp2_lora_three_rounds_three_updates_per_step(tmp_path):
+    a, b = launch(
+        tmp_path, "--peft", "--max_rounds", "3", "--evaluate", config=FSDP2_CPU, use_cpu=True
+    )
+    assert a["fsdp_version"] == 2 and a["local_numel"] < a["numel"]
+    # (Not assert_ranks_identical: the evaluation prompts are also some ranks' training prompts.)
+    assert a["final"] == b["final"] and a["pool"] == b["pool"] and a["pool"]["items"]
+    assert a["final"] != a["initial"] and a["base_unchanged"] is b["base_unchanged"] is True
+    # max_rounds=3: three optimizer updates in every training step (two between rounds, the
+    # Trainer's after the last), while global_step advances by one.
+    assert a["global_step"] == 2 and updates(a) == [3.0, 3.0]
+    assert a["optimizer_steps"] == b["optimizer_steps"] == [0, 0, 0, 1, 1, 1]
+    # evaluate() before train() is refused with the way out, which works: eval_on_start
+    # (step 0), then evaluate() after training.
+    assert "eval_on_start=True" in a["eval_refused"]
+    evals = logged(a, "eval_loss")
+    assert len(evals) == 2 and all(math.isfinite(v) for v in evals)
+    assert evals[-1] == a["final_eval"]["eval_loss"] == b["final_eval"]["eval_loss"]
+
+
+def test_fsdp2_one_process_matches_the_plain_run(tmp_path, plain_run):
+    (f,) = launch(tmp_path, processes=1, config=FSDP2_CPU, use_cpu=True)
+    assert "FSDP" in f["distributed_type"] and f["fsdp_version"] == 2
+    # One shard is the whole tensor and the clip norm the same sum: bitwise the plain run.
+    assert f["final"] == plain_run["final"] != f["initial"]
+    assert f["pool"] == plain_run["pool"]
+    assert logged(f, "loss") == logged(plain_run, "loss")
 
 
 def test_sigkill_between_checkpoints_resumes_and_pays_nothing_twice(tmp_path):

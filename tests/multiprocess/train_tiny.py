@@ -1,6 +1,6 @@
 """Train the tiny test model with a scripted ranker, on however many processes launched us
-(plain DDP, DeepSpeed ZeRO-2/3, LoRA, activation checkpointing, rankers that fail, a SIGKILL
-between checkpoints).
+(plain DDP, DeepSpeed ZeRO-2/3, FSDP2 and FSDP1, LoRA, activation checkpointing, rankers that
+fail, a SIGKILL between checkpoints).
 
 Each process writes ``<out>/rank<i>.json``: a checksum of every parameter, the pool's state,
 the prompts it saw, what the run logged and how the checkpointed layers were called, for
@@ -81,10 +81,25 @@ class EchoWhitebox(PreferE):
         return [RankResult(list(w)) for w in self.tap.wait()]
 
 
+def full_parameters(model) -> list[tuple[str, torch.Tensor]]:
+    """(name, whole tensor) sorted by name, named as in the unwrapped model. FSDP2 holds
+    DTensor shards (``full_tensor`` gathers them: every process must call it); FSDP1 names
+    carry its wrappers (the tensors are whole inside ``gathered``)."""
+    params = []
+    for name, param in model.named_parameters():
+        data = param.full_tensor() if hasattr(param, "full_tensor") else param
+        params.append((name.replace("_fsdp_wrapped_module.", ""), data))
+    return sorted(params, key=lambda item: item[0])
+
+
 def checksum(model) -> tuple[str, float]:
+    return checksum_of(full_parameters(model))
+
+
+def checksum_of(named: list[tuple[str, torch.Tensor]]) -> tuple[str, float]:
     digest = hashlib.sha256()
     total = 0.0
-    for name, param in sorted(model.named_parameters()):
+    for name, param in named:
         data = param.detach().to(torch.float64).cpu()
         digest.update(name.encode())
         digest.update(data.numpy().tobytes())
@@ -94,7 +109,7 @@ def checksum(model) -> tuple[str, float]:
 
 def tensor_sums(model) -> list[float]:
     """Order-free fingerprint of the weights (PEFT renames the base model's parameters)."""
-    return sorted(float(p.detach().double().sum()) for p in model.parameters())
+    return sorted(float(p.detach().double().sum()) for _, p in full_parameters(model))
 
 
 class LayerProbe:
@@ -123,8 +138,46 @@ class KillAtStep(TrainerCallback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class OptimizerSteps(TrainerCallback):
+    """Records ``global_step`` at every optimizer step (the inner rounds' and the Trainer's
+    own) that changed this process's parameters (its shards, under FSDP)."""
+
+    def __init__(self):
+        self.steps: list[int] = []
+        self.params: list[torch.Tensor] = []
+        self.before: list[torch.Tensor] = []
+
+    def local(self) -> list[torch.Tensor]:
+        return [p.to_local() if hasattr(p, "to_local") else p for p in self.params]
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        inner = getattr(optimizer, "optimizer", optimizer)
+        if not hasattr(inner, "register_step_pre_hook"):
+            return  # DeepSpeed's ZeRO optimizers (the engine steps them): not recorded
+        self.params = [p for group in inner.param_groups for p in group["params"]]
+        inner.register_step_pre_hook(self.snapshot)
+        inner.register_step_post_hook(lambda *_: self.compare(state.global_step))
+
+    def snapshot(self, *_):
+        self.before = [t.detach().clone() for t in self.local()]
+
+    def compare(self, step: int):
+        if any(not torch.equal(a, t) for a, t in zip(self.before, self.local())):
+            self.steps.append(step)
+
+
+def local_numel(model) -> int:
+    """Parameter elements this process holds (all of them unless sharded)."""
+    return sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters())
+
+
 def gathered(trainer):
-    """Full parameters on every process: under ZeRO-3 they are partitioned between steps."""
+    """Full parameters on every process: under ZeRO-3 they are partitioned between steps,
+    under FSDP1 too (FSDP2's are gathered one by one in ``full_parameters``)."""
+    if trainer.is_fsdp_enabled and trainer.accelerator.state.fsdp_plugin.fsdp_version == 1:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        return FSDP.summon_full_params(trainer.model_wrapped, writeback=False)
     if not trainer.is_deepspeed_enabled:
         return contextlib.nullcontext()
     import deepspeed
@@ -148,12 +201,21 @@ def main() -> None:
     parser.add_argument("--save_steps", type=int, default=0)
     parser.add_argument("--kill_at_step", type=int, default=0, help="SIGKILL when it ends")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument(
+        "--save_model", action="store_true", help="save_model(out/final) at the end"
+    )
+    parser.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="evaluate() before train() (recording a refusal), with eval_on_start, and after",
+    )
     cli = parser.parse_args()
 
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_model(tokenizer, seed=0)  # the same initial weights on every process
     initial = checksum(model)
     initial_tensors = tensor_sums(model)
+    numel = sum(p.numel() for p in model.parameters())
     checkpointing_kwargs = None
     if cli.checkpoint_every_n_layers > 1:  # the Trainer's own key, not torch.utils.checkpoint's
         checkpointing_kwargs = {"every_n_layers": cli.checkpoint_every_n_layers}
@@ -176,6 +238,7 @@ def main() -> None:
         ddp_backend=cli.ddp_backend,
         gradient_checkpointing=cli.gradient_checkpointing,
         gradient_checkpointing_kwargs=checkpointing_kwargs,
+        eval_on_start=cli.evaluate,
     )
     from datasets import Dataset
 
@@ -194,6 +257,7 @@ def main() -> None:
         model,
         args,
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        eval_dataset=Dataset.from_dict({"prompt": PROMPTS[:4]}) if cli.evaluate else None,
         processing_class=tokenizer,
         ranker=ranker,
         peft_config=peft_config,
@@ -210,13 +274,41 @@ def main() -> None:
     probe = LayerProbe(base.model.layers[0])
     if cli.kill_at_step:
         trainer.add_callback(KillAtStep(cli.kill_at_step))
+    optimizer_steps = OptimizerSteps()
+    trainer.add_callback(optimizer_steps)
+    refusal = None
+    if cli.evaluate:
+        try:
+            trainer.evaluate()
+        except RuntimeError as error:  # FSDP shards the model in train()
+            refusal = str(error)
     trainer.train(resume_from_checkpoint=True if cli.resume else None)
+    final_eval = trainer.evaluate() if cli.evaluate else None
+    saved_model = None
+    if cli.save_model:
+        final = Path(cli.out) / "final"
+        trainer.save_model(str(final))
+        trainer.accelerator.wait_for_everyone()
+        if (final / "pytorch_model_fsdp_0").exists():  # FSDP1 on CPUs: sharded weights
+            from accelerate.utils import merge_fsdp_weights
+
+            merge_fsdp_weights(str(final / "pytorch_model_fsdp_0"), str(final))  # all processes
+        if trainer.accelerator.is_main_process:
+            from safetensors.torch import load_file
+
+            weights = load_file(str(final / "model.safetensors"))
+            saved_model = checksum_of(sorted(weights.items()))
+    held = local_numel(trainer.model_wrapped)
 
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     with gathered(trainer):
+        params = full_parameters(unwrapped)
+        if rank == 0:  # for comparisons closer than a checksum
+            Path(cli.out).mkdir(parents=True, exist_ok=True)
+            torch.save({n: p.detach().clone() for n, p in params}, Path(cli.out) / "final.pt")
         base_unchanged = None
         if cli.peft:
-            frozen = [p for n, p in unwrapped.named_parameters() if "lora_" not in n]
+            frozen = [p for n, p in params if "lora_" not in n]
             base_unchanged = sorted(float(p.detach().double().sum()) for p in frozen)
             base_unchanged = base_unchanged == initial_tensors
         result = {
@@ -225,7 +317,7 @@ def main() -> None:
             "distributed_type": str(trainer.accelerator.distributed_type),
             "ddp_backend": trainer.args.ddp_backend,
             "initial": initial,
-            "final": checksum(unwrapped),
+            "final": checksum_of(params),
             "base_unchanged": base_unchanged,
             "checkpointing_flags": [bool(x.gradient_checkpointing) for x in base.model.layers],
             "embedding_hooks": len(unwrapped.get_input_embeddings()._forward_hooks),
@@ -235,6 +327,16 @@ def main() -> None:
     result.update(
         {
             "layer_calls": probe.calls,
+            "numel": numel,
+            "local_numel": held,
+            "optimizer_steps": optimizer_steps.steps,
+            "fsdp_version": trainer.accelerator.state.fsdp_plugin.fsdp_version
+            if trainer.is_fsdp_enabled
+            else None,
+            "eval_refused": refusal,
+            "final_eval": final_eval,
+            "saved_model": saved_model,
+            "weights": str(Path(cli.out) / "final.pt") if rank == 0 else None,
             "pool": trainer.pool.state_dict(),
             "prompts_seen": ranker.seen,
             "global_step": trainer.state.global_step,

@@ -20,6 +20,7 @@ from ..logprobs import accepts_logits_to_keep
 from ..losses import get_ranking_loss
 from ..models import disable_dropout, load_model_and_tokenizer, wrap_with_peft
 from ..sampling import eos_token_ids
+from . import fsdp
 from .stats import CycleMetrics
 
 __all__ = ["RankingTrainerBase"]
@@ -85,6 +86,28 @@ class RankingTrainerBase(Trainer):
         )
         self.eos_token_ids = eos_ids
         self._logits_to_keep = accepts_logits_to_keep(self.model)
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        fsdp.enable_fsdp_on_cpu(self)  # accelerate drops FSDP on CPUs without a word
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if checkpoint is not None and fsdp.fsdp_version(self.accelerator) == 1:
+            fsdp.init_optimizer_state(getattr(self.optimizer, "optimizer", self.optimizer))
+        super()._load_optimizer_and_scheduler(checkpoint)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        fsdp.refuse_evaluation_before_wrapping(self)
+        return super().evaluate(*args, **kwargs)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if _internal_call:  # a checkpoint: saved as configured (sharded under FSDP)
+            return super().save_model(output_dir, _internal_call)
+        # Under FSDP with sharded state dicts, the Trainer's save_model writes no weights.
+        save = super().save_model
+        fsdp.save_model_with_weights(
+            self, output_dir or self.args.output_dir, lambda: save(output_dir)
+        )
 
     def _update(self, model: torch.nn.Module, loss: torch.Tensor, last: bool) -> torch.Tensor:
         """Backpropagate ``loss``; unless ``last``, also step the optimizer (the Trainer steps

@@ -32,6 +32,7 @@ from ..types import RankRequest, RankResult
 from .base import RankingTrainerBase
 from .callbacks import SampleTableCallback
 from .checkpoint import restore_cycle_state, save_cycle_state
+from .fsdp import full_parameters_for_generation
 from .round_log import RoundLogWriter, log_row
 from .stats import RoundStats, reduce_sum, stats_to_metrics
 
@@ -195,6 +196,7 @@ class CycleAlignTrainer(RankingTrainerBase):
             torch.no_grad(),
             checkpointing_paused(model),  # before trl's unwrap, which then leaves it alone
             unwrap_model_for_generation(model, self.accelerator) as unwrapped,
+            full_parameters_for_generation(model, self.accelerator),  # FSDP only
         ):
             return sample_candidates(
                 unwrapped,
