@@ -20,7 +20,12 @@ from pathlib import Path
 
 from trl import TrlParser
 
-from cyclealign import CycleAlignConfig, CycleAlignTrainer, OfflineRankingTrainer
+from cyclealign import (
+    BlackBoxFailureError,
+    CycleAlignConfig,
+    CycleAlignTrainer,
+    OfflineRankingTrainer,
+)
 from cyclealign.evaluation.report import markdown_table, plot_training_metrics, write_json
 
 logger = logging.getLogger("hh_rlhf")
@@ -86,6 +91,20 @@ class ScriptArguments:
         metadata={"help": "SQLite cache of black-box answers (default: output_dir/ranker.sqlite)."},
     )
     max_concurrency: int = field(default=8, metadata={"help": "Requests in flight at once."})
+    structured_output: bool = field(
+        default=False,
+        metadata={
+            "help": "Ask the server for a JSON answer with a per-request schema (vLLM, OpenAI, "
+            "llama.cpp and Ollama enforce it). Small models need it; see docs/rankers.md."
+        },
+    )
+    ranker_max_tokens: int | None = field(
+        default=1024, metadata={"help": "Completion length limit of a ranking answer."}
+    )
+    ranker_timeout: float = field(default=60.0, metadata={"help": "Seconds per HTTP request."})
+    ranker_max_retries: int = field(
+        default=5, metadata={"help": "Retries of a request after timeouts, 5xx, 429."}
+    )
     requests_per_minute: float | None = field(default=None, metadata={"help": "Rate limit."})
     budget_requests: int | None = field(default=None, metadata={"help": "Stop asking after N."})
     request_better_response: bool = field(
@@ -154,6 +173,10 @@ def build_ranker(script: ScriptArguments, model_path: str, args: CycleAlignConfi
             budget_requests=script.budget_requests,
             cache_path=script.ranker_cache or os.path.join(args.output_dir, "ranker.sqlite"),
             request_better_response=script.request_better_response,
+            structured_output=script.structured_output,
+            max_tokens=script.ranker_max_tokens,
+            timeout=script.ranker_timeout,
+            max_retries=script.ranker_max_retries,
             seed=args.seed,
         )
     if script.ranker == "local_chat":
@@ -198,6 +221,9 @@ def write_report(trainer: CycleAlignTrainer | OfflineRankingTrainer, out: Path) 
             / max(1, sum(1 for r in rows if r["ranking"]))
         ),
         "demonstration_pool_size": len(getattr(trainer, "pool", ())),
+        "steps_without_update": (
+            trainer.failures.steps_without_update if hasattr(trainer, "failures") else None
+        ),
         "ranker_usage": trainer.ranker.usage.as_dict() if hasattr(trainer, "ranker") else {},
     }
     write_json({"summary": summary, "log_history": history}, out / "report.json")
@@ -220,7 +246,7 @@ def write_report(trainer: CycleAlignTrainer | OfflineRankingTrainer, out: Path) 
     (out / "report.md").write_text(text)
     try:
         plot_training_metrics({"log_history": history}, out / "metrics.png")
-    except ValueError as err:  # too short a run to plot is not a failure of the run
+    except (ImportError, ValueError) as err:  # no matplotlib, or too short a run to plot
         logger.warning("No plot: %s", err)
     return summary
 
@@ -266,7 +292,12 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         ranker = build_ranker(script, model_path, args)
         trainer = CycleAlignTrainer(model_path, args, ranker=ranker, **common)
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    try:
+        trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    except BlackBoxFailureError as err:  # the checkpoint is saved: report, then fail
+        if trainer.is_world_process_zero():
+            write_report(trainer, Path(args.output_dir))
+        raise SystemExit(f"error: {err}") from None
     if eval_dataset is not None:
         trainer.evaluate()
     trainer.save_model(args.output_dir)
@@ -275,6 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = Path(args.output_dir)
     summary = write_report(trainer, out)
+    write_json(summary, out / "summary.json")  # before anything else can go wrong
     if not script.use_peft:
         summary["sample_generation"] = check_checkpoint(out, "How do I keep basil alive?")
         write_json(summary, out / "summary.json")

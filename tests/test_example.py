@@ -17,9 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "hh_rlhf.py"
 
 
-def run(command: list[str], out: Path) -> subprocess.CompletedProcess:
+def run(command: list[str], out: Path, **extra_env: str) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
+        **extra_env,
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "TORCH_EXTENSIONS_DIR": os.environ.get(
@@ -66,6 +67,25 @@ def test_example_runs_on_hh_rlhf_and_reports(tiny_model_dir, tmp_path):
     for name in ("report.md", "report.json", "metrics.png", "model.safetensors"):
         assert (out / name).exists(), name
         assert str((out / name).resolve()) in proc.stdout or name == "model.safetensors"
+
+
+@pytest.mark.slow
+def test_example_without_matplotlib_still_writes_the_model_and_report(tiny_model_dir, tmp_path):
+    # matplotlib is only in the `eval` extra: a run must not be lost to the plot.
+    blocker = tmp_path / "no-matplotlib" / "matplotlib"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'matplotlib'\", name='matplotlib')\n"
+    )
+    out = tmp_path / "run"
+    path = os.pathsep.join([str(blocker.parent), os.environ.get("PYTHONPATH", "")])
+    args = [*common_args(tiny_model_dir, out), "--max_steps", "1", "--save_strategy", "no"]
+    proc = run([sys.executable, str(EXAMPLE), *args], out, PYTHONPATH=path)
+    assert "No plot: Plotting needs matplotlib" in proc.stderr
+    assert not (out / "metrics.png").exists()
+    for name in ("report.json", "report.md", "summary.json", "model.safetensors"):
+        assert (out / name).exists(), name
+    assert json.loads((out / "report.json").read_text())["summary"]["global_step"] == 1
 
 
 @pytest.mark.slow

@@ -377,6 +377,31 @@ def test_structured_output_schema_and_json_demonstrations():
     assert "better_response" in with_better["messages"][-1]["content"]
 
 
+def test_structured_output_schema_is_built_per_request():
+    # A grammar-enforcing server (vLLM) needs the bounds: with a bare integer array a small
+    # model writes numbers until max_tokens; vLLM refuses `uniqueItems` with HTTP 400.
+    def valid(body, number):
+        shown = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
+        return Reply(json.dumps({"ranking": list(range(shown.count("<response id=")))}))
+
+    with ChatServer(valid) as server:
+        ranker = OpenAIRanker("judge", base_url=server.base_url, structured_output=True)
+        results = ranker.rank(requests_for(["a", "b"], ["x", "y", "z", "w"]))
+        bodies = [r.body for r in server.requests]
+    assert all(r.ok for r in results) and len(bodies) == 2
+    schemas = [
+        b["response_format"]["json_schema"]["schema"]["properties"]["ranking"] for b in bodies
+    ]
+    for n in (2, 4):
+        assert {
+            "type": "array",
+            "items": {"type": "integer", "enum": list(range(n))},
+            "minItems": n,
+            "maxItems": n,
+        } in schemas
+    assert all("uniqueItems" not in json.dumps(b["response_format"]) for b in bodies)
+
+
 def test_structured_output_reads_a_text_answer_without_a_repair():
     with ChatServer(lambda body, n: answer([1, 0])) as server:
         ranker = OpenAIRanker("judge", base_url=server.base_url, structured_output=True)

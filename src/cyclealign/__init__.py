@@ -43,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     "CycleAlignConfig": ".config",
     "CycleAlignTrainer": ".trainer",
     "OfflineRankingTrainer": ".trainer",
+    "BlackBoxFailureError": ".trainer",
     # data
     "load_hh_rlhf": ".data",
 }
@@ -75,5 +76,5 @@ if TYPE_CHECKING:  # static analysers and IDEs see real imports
         RankingTemplate,
         RewardModelRanker,
     )
-    from .trainer import CycleAlignTrainer, OfflineRankingTrainer
+    from .trainer import BlackBoxFailureError, CycleAlignTrainer, OfflineRankingTrainer
     from .types import Demonstration, RankRequest, RankResult, Usage

@@ -84,7 +84,14 @@ class CycleAlignConfig(TrainingArguments):
             as a candidate ranked above all others, as in the paper.
         ranker_failure_policy (`str`, *optional*, defaults to `"skip"`):
             What a prompt whose ranking failed trains on: `"skip"` (nothing) or `"whitebox"` (the
-            white-box model's own ranking as target). Ranker errors never stop training.
+            white-box model's own ranking as target). Outages (timeouts, 5xx, 429, refused
+            connections) never stop training; see `max_failed_steps` for the rest.
+        max_failed_steps (`int` or `None`, *optional*, defaults to `3`):
+            End training with an error, after saving a checkpoint, once this many consecutive
+            steps had no usable black-box ranking because of failures no retry fixes
+            (unparseable answers, refusals, HTTP 4xx other than 408/429, a rejected key, an
+            exhausted budget). Counted whatever `ranker_failure_policy` is: a `"whitebox"`
+            fallback is still a step without a black-box ranking. `None`: never stop.
         reward_from_ranking (`str`, *optional*, defaults to `"linear"`):
             How a ranking becomes rewards: `"linear"` gives ranks `n-1, ..., 0` best-first;
             `"scores"` uses the ranker's `scores` where it returns them (one finite value per
@@ -236,6 +243,13 @@ class CycleAlignConfig(TrainingArguments):
             "choices": list(_CHOICES["ranker_failure_policy"]),
         },
     )
+    max_failed_steps: int | None = field(
+        default=3,
+        metadata={
+            "help": "Stop (after a checkpoint) after this many consecutive steps without a "
+            "black-box ranking, from failures no retry fixes. None: never."
+        },
+    )
     reward_from_ranking: str = field(
         default="linear",
         metadata={
@@ -317,6 +331,8 @@ class CycleAlignConfig(TrainingArguments):
         _check_int("max_completion_length", self.max_completion_length, 1, "responses need a token")
         _check_int("max_demonstrations", self.max_demonstrations, 0, "0 sends none")
         _check_int("demonstration_pool_size", self.demonstration_pool_size, 1, "")
+        if self.max_failed_steps is not None:
+            _check_int("max_failed_steps", self.max_failed_steps, 1, "or None to never stop")
         for name in ("max_prompt_length", "scoring_batch_size", "demonstration_max_chars"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1, "or None for no limit")

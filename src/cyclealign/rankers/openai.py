@@ -189,7 +189,7 @@ class OpenAIRanker(BlackBoxRanker):
                 request_better_response=self.request_better_response,
                 structured_output=self.structured_output,
             )
-            answer = await self._answer(messages, usage)
+            answer = await self._answer(messages, usage, n)
             raw = answer["content"]
             try:
                 displayed = self._parse(answer, n)
@@ -201,7 +201,7 @@ class OpenAIRanker(BlackBoxRanker):
                     {"role": "user", "content": self._repair_text(err, n)},
                 ]
                 usage.retries += 1
-                answer = await self._answer(repair, usage)
+                answer = await self._answer(repair, usage, n)
                 raw = answer["content"]
                 try:
                     displayed = self._parse(answer, n)
@@ -264,20 +264,22 @@ class OpenAIRanker(BlackBoxRanker):
 
     # -- one answer: cache, budget, rate limit, retries ---------------------------------------
 
-    def _params(self) -> dict[str, Any]:
+    def _params(self, n: int) -> dict[str, Any]:
         params: dict[str, Any] = {"seed": self.seed}
         if self.temperature is not None:  # reasoning models refuse any temperature
             params["temperature"] = self.temperature
         if self.max_tokens is not None:
             params["max_tokens"] = self.max_tokens
         if self.structured_output:
-            params["response_format"] = self.template.response_format(self.request_better_response)
+            params["response_format"] = self.template.response_format(
+                n, self.request_better_response
+            )
         if self.extra_body:
             params["extra_body"] = self.extra_body
         return params
 
-    async def _answer(self, messages: list[dict[str, str]], usage: Usage) -> dict[str, Any]:
-        params = self._params()
+    async def _answer(self, messages: list[dict[str, str]], usage: Usage, n: int) -> dict[str, Any]:
+        params = self._params(n)
         key = cache_key(self.model, messages, params)
         if self.cache is not None:
             cached = await asyncio.to_thread(self.cache.get, key)

@@ -16,9 +16,27 @@ from ..agreement import is_permutation
 from ..types import RankRequest, RankResult
 from .base import BlackBoxRanker
 
-__all__ = ["PendingRanking"]
+__all__ = ["TRANSIENT_FAILURES", "PendingRanking", "failure_kind"]
 
 logger = logging.getLogger(__name__)
+
+#: Failure kinds (``usage.failures``) of an outage rather than of the answers: the server is
+#: down, slow or rationing. ``OpenAIRanker`` retries them, and the trainer keeps going
+#: through them; every other kind (unparseable answers, refusals, other 4xx, a bad key, an
+#: exhausted budget, a ranker bug) no wait can fix.
+TRANSIENT_FAILURES = frozenset({"rate_limit", "server", "timeout", "connection"})
+
+
+def failure_kind(result: RankResult) -> str | None:
+    """The failure kind of a result (``None`` for a ranking): the kind its own ``usage``
+    counted, else ``"other"`` (rankers that do not count kinds per result, and failures
+    of a whole batch)."""
+    if result.ok:
+        return None
+    failures = result.usage.failures if result.usage is not None else None
+    if failures:
+        return next(iter(failures))
+    return "other"
 
 
 class PendingRanking:

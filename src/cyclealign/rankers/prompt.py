@@ -173,14 +173,31 @@ class RankingTemplate:
             return json.dumps({"ranking": values})
         return f"{ANSWER_MARKER} [{', '.join(str(i) for i in values)}]"
 
-    def response_format(self, request_better_response: bool = False) -> dict[str, Any]:
+    def response_format(
+        self, num_responses: int, request_better_response: bool = False
+    ) -> dict[str, Any]:
         """The ``response_format`` asking for the structured answer
-        ``{"ranking": [...], "better_response": "..."}`` (a JSON schema).
+        ``{"ranking": [...], "better_response": "..."}`` of ``num_responses`` responses.
 
+        The schema is built per request: ``ranking`` is an array of exactly
+        ``num_responses`` items (``minItems = maxItems``), each one of the valid indices
+        (``enum``). Without these bounds a small model behind a grammar-enforcing server
+        (vLLM) writes integers until ``max_tokens`` runs out; ``uniqueItems`` is left out
+        because vLLM refuses it (HTTP 400), and the parser checks the permutation anyway.
         OpenAI's strict mode wants every property listed in ``required``, so
         ``better_response`` is a property (and required) only when it is asked for.
         """
-        properties: dict[str, Any] = {"ranking": {"type": "array", "items": {"type": "integer"}}}
+        if isinstance(num_responses, bool) or not isinstance(num_responses, int):
+            raise TypeError(f"num_responses must be an int, got {num_responses!r}.")
+        if num_responses < 1:
+            raise ValueError(f"num_responses must be >= 1, got {num_responses}.")
+        ranking = {
+            "type": "array",
+            "items": {"type": "integer", "enum": list(range(num_responses))},
+            "minItems": num_responses,
+            "maxItems": num_responses,
+        }
+        properties: dict[str, Any] = {"ranking": ranking}
         if request_better_response:
             properties["better_response"] = {"type": "string"}
         schema = {

@@ -5,6 +5,7 @@ checkpointed state."""
 from __future__ import annotations
 
 from .cycle import CycleAlignTrainer
+from .failures import BlackBoxFailureError
 from .offline import OfflineRankingTrainer
 
-__all__ = ["CycleAlignTrainer", "OfflineRankingTrainer"]
+__all__ = ["BlackBoxFailureError", "CycleAlignTrainer", "OfflineRankingTrainer"]

@@ -32,6 +32,7 @@ from ..types import RankRequest, RankResult
 from .base import RankingTrainerBase
 from .callbacks import SampleTableCallback
 from .checkpoint import restore_cycle_state, save_cycle_state
+from .failures import FailureWatch
 from .fsdp import full_parameters_for_generation
 from .round_log import RoundLogWriter, log_row
 from .stats import RoundStats, reduce_sum, stats_to_metrics
@@ -128,6 +129,7 @@ class CycleAlignTrainer(RankingTrainerBase):
             )
         self.pool = DemonstrationPool(max_size=self.args.demonstration_pool_size)
         self._eval_stats = RoundStats()
+        self.failures = FailureWatch(self.args.max_failed_steps)
         self.generation_config = sampling_config(
             self.args, self.processing_class, self.eos_token_ids
         )
@@ -163,6 +165,10 @@ class CycleAlignTrainer(RankingTrainerBase):
         self._metrics.add_step(step_stats, rounds, updates)
         self._metrics.add("demos/pool_size", len(self.pool))
         self._metrics.add_times(("generate", "forward", "rank_wait", "backward"))
+        if self.failures.end_step(self.state.global_step + 1, step_stats, updates):
+            # Saved and stopped by the Trainer once this step is counted; train() raises.
+            self.control.should_save = self.control.should_log = True
+            self.control.should_training_stop = True
         return out.loss
 
     # -- one round -----------------------------------------------------------------------------
@@ -188,6 +194,8 @@ class CycleAlignTrainer(RankingTrainerBase):
             results = pending.wait()
         outcomes, stats = self._agree(prompts, candidates, scored, results, round_index, training)
         stats.set_spent(usage_before, self.ranker.usage)
+        if training:
+            stats.hard_failures = self.failures.observe(results)
         return self._optimize(model, candidates, scored, outcomes, stats, round_index, training)
 
     def _generate(self, model: torch.nn.Module, inputs: dict[str, Any]) -> Candidates:
@@ -367,6 +375,7 @@ class CycleAlignTrainer(RankingTrainerBase):
     def _training_metrics(self) -> dict[str, float]:
         metrics = super()._training_metrics()
         if metrics:
+            self.failures.check_interval(metrics.get("ranker/failure_rate"))
             metrics["ablation/dynamic_demonstrations"] = float(self.args.use_dynamic_demonstrations)
             metrics["ablation/static_demonstration"] = float(self.args.use_static_demonstration)
         return metrics
@@ -393,8 +402,11 @@ class CycleAlignTrainer(RankingTrainerBase):
                 pool=self.pool,
                 ranker=self.ranker,
             )
-        return super().train(
+        output = super().train(
             resume_from_checkpoint=resume_from_checkpoint or None,
             trial=trial,
             ignore_keys_for_eval=ignore_keys_for_eval,
         )
+        checkpoint = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        self.failures.finish(output.metrics, os.path.join(self.args.output_dir, checkpoint))
+        return output

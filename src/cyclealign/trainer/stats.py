@@ -33,6 +33,7 @@ class RoundStats:
     prompts: float = 0  # prompts in the batch
     ranked: float = 0  # prompts with a valid black-box ranking
     failures: float = 0  # prompts whose ranking failed
+    hard_failures: float = 0  # of those, failed for a reason no retry fixes (not an outage)
     usable: float = 0  # prompts with a training target and two candidates or more
     not_full: float = 0  # prompts whose two rankings do not agree fully (failures included)
     better: float = 0  # better responses returned and used
