@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Every test: the main suite in this environment, then the vLLM tests (marker `vllm`) in the
+# environment scripts/vllm-env.sh builds (once; cached under ~/.cache/cyclealign).
+#
+#   bash scripts/test.sh [pytest options for the main suite]
+#
+# Where vLLM cannot be installed (another OS or CPU) the vLLM tests are left out with a
+# message; with CYCLEALIGN_REQUIRE_VLLM=1 (as .ci/run sets) that fails instead, and so does
+# any vLLM test that skips.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== main suite" >&2
+python -m pytest -m "not vllm" "$@"
+
+echo "== vLLM environment" >&2
+status=0
+VLLM_PY=$(PYTHON=${PYTHON:-$(command -v python)} bash scripts/vllm-env.sh | tail -n1) || status=$?
+if [[ $status -ne 0 ]]; then
+    if [[ "${CYCLEALIGN_REQUIRE_VLLM:-0}" == 1 ]]; then
+        echo "test.sh: the vLLM environment could not be built (status $status) and" \
+            "CYCLEALIGN_REQUIRE_VLLM=1: failing" >&2
+        exit 1
+    fi
+    echo "test.sh: no vLLM environment here (status $status): the vLLM tests did not run" >&2
+    exit 0
+fi
+
+# The checkout's code, not an installed copy: the environment holds third-party packages only.
+# One pytest session per file: each starts one vLLM process (a server, or an engine) and
+# stops it at its end, so two never run at once. Only the vLLM test files are collected
+# (the others import what this environment lacks); pytest's exit status 5 (no test
+# collected) fails like any other.
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
+for file in tests/test_vllm_*.py; do
+    echo "== vLLM tests: $file ($VLLM_PY)" >&2
+    "$VLLM_PY" -m pytest -m vllm -p no:cacheprovider "$file"
+done
