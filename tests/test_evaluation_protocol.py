@@ -77,7 +77,7 @@ def test_a_shuffling_judge_is_refused():
 def test_ranking_accuracy_with_and_without_demonstrations():
     seen = []
 
-    def prefers_long(prompts, completions):
+    def prefers_long(prompts, completions, **kwargs):
         seen.append(len(prompts))
         return [float(len(c)) for c in completions]
 

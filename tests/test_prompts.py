@@ -61,6 +61,12 @@ def test_left_padding_and_left_truncation(tiny_tokenizer):
     assert batch["prompts"] == ["hi", long]  # raw prompts travel as a Python list
 
 
+def test_other_columns_travel_with_each_prompt(tiny_tokenizer):
+    rows = [{"prompt": "hi", "solution": "2", "level": 1}, {"prompt": "yes", "solution": "3"}]
+    batch = PromptCollator(tiny_tokenizer)(rows)
+    assert batch["columns"] == [{"solution": "2", "level": 1}, {"solution": "3"}]
+
+
 def test_tokenizer_without_pad_token_is_refused(plain_tokenizer):
     tokenizer = build_tiny_tokenizer(chat_template=False, pad_is_eos=False)
     tokenizer.pad_token = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -319,6 +320,97 @@ def test_whitebox_failure_policy_still_trains(tmp_path):
     trainer.train()
     assert logged(trainer, "cycle/updates") == [2]
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+
+
+# -- TRL reward functions as the ranker -------------------------------------------------------
+
+THINK = "<think>a</think>b"
+
+
+def _first_sample_thinks(model, tokenizer, num_generations):
+    """Make the first of each prompt's samples ``THINK`` (then EOS), the rest as sampled."""
+    eos = tokenizer.eos_token_id
+    think = torch.tensor(tokenizer(THINK, add_special_tokens=False)["input_ids"] + [eos])
+    sample = model.generate
+
+    def generate(input_ids, attention_mask, generation_config):
+        out = sample(
+            input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config
+        )
+        start = input_ids.shape[1]
+        out = torch.nn.functional.pad(
+            out, (0, max(0, start + len(think) - out.shape[1])), value=eos
+        )
+        out[::num_generations, start:] = eos
+        out[::num_generations, start : start + len(think)] = think
+        return out
+
+    model.generate = generate
+
+
+def test_think_format_reward_ranks_the_thinking_candidate_first(tmp_path):
+    from trl.rewards import think_format_reward
+
+    from cyclealign.rankers import FunctionRanker
+
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_model(tokenizer)
+    _first_sample_thinks(model, tokenizer, num_generations=4)
+    chats = [[{"role": "user", "content": p}] for p in PROMPTS[:4]]
+    ranker = FunctionRanker(think_format_reward)
+    trainer = make_trainer(
+        tmp_path, ranker, tokenizer=tokenizer, model=model, prompts=chats, round_log=True
+    )
+    trainer.train()
+    log = Path(trainer.args.output_dir, "round_log.jsonl").read_text()
+    rows = [json.loads(line) for line in log.splitlines()]
+    assert rows and all(r["responses"][0] == THINK for r in rows)
+    assert all(r["ranking"][0] == 0 and r["scores"][0] == 1.0 for r in rows)
+    assert all(s == 0.0 for r in rows for s in r["scores"][1:])
+    assert sum(logged(trainer, "cycle/updates")) >= 1
+
+
+def test_a_reward_function_receives_dataset_columns_and_the_trainer_state(tmp_path):
+    from cyclealign.rankers import FunctionRanker
+
+    seen = []
+
+    def reward(prompts, completions, completion_ids, solution, trainer_state, **kwargs):
+        seen.append((list(zip(prompts, solution)), trainer_state, completion_ids, completions))
+        return [float(len(c)) for c in completions]
+
+    tokenizer = build_tiny_tokenizer()
+    prompts = PROMPTS[:4]
+    trainer = CycleAlignTrainer(
+        build_tiny_model(tokenizer),
+        make_args(tmp_path, max_steps=1),
+        train_dataset=Dataset.from_dict({"prompt": prompts, "solution": ["s0", "s1", "s2", "s3"]}),
+        processing_class=tokenizer,
+        ranker=FunctionRanker(reward),
+    )
+    trainer.train()
+    assert seen
+    for pairs, state, ids, completions in seen:
+        assert all(solution == f"s{prompts.index(p)}" for p, solution in pairs)
+        assert state is trainer.state
+        for token_ids, text in zip(ids, completions):
+            assert tokenizer.decode(token_ids, skip_special_tokens=True) == text
+
+
+def test_a_reward_function_that_raises_stops_training_with_its_traceback(tmp_path):
+    import traceback
+
+    from cyclealign.rankers import FunctionRanker
+
+    def broken_reward(completions, **kwargs):
+        return [len(c) / 0 for c in completions]
+
+    trainer = make_trainer(tmp_path, FunctionRanker(broken_reward), max_steps=2)
+    with pytest.raises(ZeroDivisionError) as info:
+        trainer.train()
+    frames = [frame.name for frame in traceback.extract_tb(info.value.__traceback__)]
+    assert "broken_reward" in frames and "training_step" in frames
+    assert trainer.state.global_step == 0
 
 
 # -- round log, evaluation ------------------------------------------------------------------

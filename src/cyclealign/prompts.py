@@ -101,8 +101,10 @@ class PromptCollator:
     """Collate rows with a ``prompt`` column for :class:`~cyclealign.CycleAlignTrainer`.
 
     Returns ``input_ids`` and ``attention_mask`` (``[B, P]``, left-padded, the longest
-    prompts left-truncated to ``max_prompt_length`` tokens) and ``prompts``, the raw prompts as
-    a Python list (``Trainer._prepare_inputs`` moves tensors and leaves lists alone).
+    prompts left-truncated to ``max_prompt_length`` tokens), ``prompts``, the raw prompts as
+    a Python list (``Trainer._prepare_inputs`` moves tensors and leaves lists alone), and
+    ``columns``, each row's other columns as a dict (what reward functions receive as keyword
+    lists, as in TRL).
 
     Chat-template text is tokenized without extra special tokens (the template writes them);
     the Human/Assistant format gets the tokenizer's usual ones (a BOS for LLaMA).
@@ -120,7 +122,7 @@ class PromptCollator:
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         import torch  # here, so rankers and data helpers can render prompts without torch
 
-        prompts = []
+        prompts, columns = [], []
         for row in features:
             if "prompt" not in row:
                 raise ValueError(
@@ -128,6 +130,7 @@ class PromptCollator:
                     f"with columns {sorted(row)}. Rename your column to 'prompt'."
                 )
             prompts.append(row["prompt"])
+            columns.append({k: v for k, v in row.items() if k != "prompt"})
         add_special = not getattr(self.tokenizer, "chat_template", None)
         ids = []
         for prompt in prompts:
@@ -145,4 +148,9 @@ class PromptCollator:
             if tokens:
                 input_ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
                 attention_mask[row, width - len(tokens) :] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "prompts": prompts}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "prompts": prompts,
+            "columns": columns,
+        }

@@ -133,7 +133,8 @@ class CycleAlignTrainer(RankingTrainerBase):
         self._round_log = RoundLogWriter(self.args.output_dir) if self.args.round_log else None
 
     def _set_signature_columns_if_needed(self) -> None:
-        # Only the raw prompt is needed; the collator tokenizes it.
+        # With remove_unused_columns=True only the raw prompt is kept (the collator tokenizes
+        # it), as in TRL; the default (False) keeps every column for the ranker.
         if self._signature_columns is None:
             self._signature_columns = ["prompt"]
 
@@ -180,7 +181,7 @@ class CycleAlignTrainer(RankingTrainerBase):
         with self._metrics.timed("generate"):
             candidates = self._generate(model, inputs)
         usage_before = copy.deepcopy(self.ranker.usage)
-        pending = self._rank(prompts, candidates)  # in flight during the forward pass
+        pending = self._rank(prompts, candidates, inputs.get("columns"))  # in flight meanwhile
         with self._metrics.timed("forward"):
             scored = self._score(model, candidates, training)
         with self._metrics.timed("rank_wait"):
@@ -207,12 +208,24 @@ class CycleAlignTrainer(RankingTrainerBase):
                 chunk_rows=self.args.scoring_batch_size,
             )
 
-    def _rank(self, prompts: list[Any], candidates: Candidates) -> PendingRanking:
-        """Send every prompt's candidates, with its demonstrations, to the black box."""
+    def _rank(
+        self, prompts: list[Any], candidates: Candidates, columns: list[dict] | None = None
+    ) -> PendingRanking:
+        """Send every prompt's candidates, with its demonstrations, its dataset row's other
+        columns and the responses' token ids, to the black box."""
+        ids = candidates.completion_ids.cpu()
+        mask = candidates.completion_mask.cpu()
         requests = [
-            RankRequest(prompt, texts, select_demonstrations(self.pool, prompt, self.args))
-            for prompt, texts in zip(prompts, candidates.texts)
+            RankRequest(
+                prompt,
+                texts,
+                select_demonstrations(self.pool, prompt, self.args),
+                columns=columns[b] if columns else {},
+                completion_ids=[ids[b, j][mask[b, j]].tolist() for j in range(len(texts))],
+            )
+            for b, (prompt, texts) in enumerate(zip(prompts, candidates.texts))
         ]
+        self.ranker.trainer_state = self.state  # reward functions get it, as in TRL
         return PendingRanking(self.ranker, requests)
 
     def _score(self, model: torch.nn.Module, candidates: Candidates, training: bool) -> _Scored:

@@ -118,6 +118,7 @@ class RankedCollator:
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         batch = self.prompts(features)
+        del batch["columns"]  # the responses and rewards, read below
         encoded = [[self._encode(r) for r in row["responses"]] for row in features]
         rewards = [row_rewards(row, f"ranked batch row {i}") for i, row in enumerate(features)]
         size = len(features)
