@@ -38,6 +38,9 @@ class CycleAlignConfig(TrainingArguments):
             string `dtype` is turned into the `torch` dtype. With `gguf_file`, the GGUF checkpoint
             is converted once to safetensors under `output_dir/gguf-safetensors` (transformers
             cannot save a GGUF-loaded model, so checkpoints would fail otherwise).
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Allow models and tokenizers that ship their own Python code on the Hub, for the
+            white-box model and its tokenizer (TRL's field, as in `GRPOConfig`).
         disable_dropout (`bool`, *optional*, defaults to `True`):
             Set every dropout probability of the model (adapters' included) to 0. The white-box
             ranking compares the model's own log-likelihoods of the candidates; dropout would add
@@ -175,6 +178,10 @@ class CycleAlignConfig(TrainingArguments):
             "help": "Keyword arguments for `AutoModelForCausalLM.from_pretrained` when `model` is a "
             'path or hub id, e.g. \'{"dtype": "bfloat16"}\'.'
         },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow models and tokenizers with custom code from the Hub."},
     )
     disable_dropout: bool = field(
         default=True,

@@ -39,6 +39,8 @@ class RankingTrainerBase(Trainer):
         train_dataset, eval_dataset: the datasets (what their rows hold is the subclass's).
         processing_class: the tokenizer; loaded from ``model`` when it is a path.
         peft_config: wrap the model with ``peft.get_peft_model``; only the adapter trains.
+        quantization_config: a ``transformers.BitsAndBytesConfig`` (TRL's
+            ``get_quantization_config``) for a model loaded from a path.
         callbacks, optimizers: as in :class:`transformers.Trainer`.
     """
 
@@ -51,6 +53,7 @@ class RankingTrainerBase(Trainer):
         eval_dataset: Any = None,
         processing_class: Any = None,
         peft_config: Any = None,
+        quantization_config: Any = None,
         callbacks: list | None = None,
         optimizers: tuple = (None, None),
         make_collator: Callable[[Any, CycleAlignConfig, list[int]], Any],
@@ -63,7 +66,9 @@ class RankingTrainerBase(Trainer):
                 f"{type(args).__name__}. Build one with CycleAlignConfig(output_dir=..., ...)."
             )
         args._validate()  # fields may have been changed after construction
-        model, processing_class = load_model_and_tokenizer(model, args, processing_class)
+        model, processing_class = load_model_and_tokenizer(
+            model, args, processing_class, quantization_config
+        )
         if peft_config is not None:
             model = wrap_with_peft(model, peft_config, args)
         if args.disable_dropout:

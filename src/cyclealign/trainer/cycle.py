@@ -73,6 +73,8 @@ class CycleAlignTrainer(RankingTrainerBase):
         ranker: the black box, a :class:`~cyclealign.BlackBoxRanker`. For ranked data
             without a black box, use :class:`~cyclealign.OfflineRankingTrainer`.
         peft_config: wrap the model with ``peft.get_peft_model``; only the adapter trains.
+        quantization_config: a ``BitsAndBytesConfig`` for a model loaded from a path (TRL's
+            ``get_quantization_config``).
         callbacks, optimizers: as in :class:`transformers.Trainer`.
     """
 
@@ -86,6 +88,7 @@ class CycleAlignTrainer(RankingTrainerBase):
         processing_class: Any = None,
         ranker: BlackBoxRanker | None = None,
         peft_config: Any = None,
+        quantization_config: Any = None,
         callbacks: list | None = None,
         optimizers: tuple = (None, None),
     ) -> None:
@@ -111,6 +114,7 @@ class CycleAlignTrainer(RankingTrainerBase):
             eval_dataset=eval_dataset,
             processing_class=processing_class,
             peft_config=peft_config,
+            quantization_config=quantization_config,
             callbacks=callbacks,
             optimizers=optimizers,
             make_collator=lambda tokenizer, args, eos: PromptCollator(

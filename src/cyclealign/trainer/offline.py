@@ -157,8 +157,8 @@ class OfflineRankingTrainer(RankingTrainerBase):
     ``max_completion_length`` cut prompts and responses.
 
     Args:
-        model, args, processing_class, peft_config, callbacks, optimizers: as for
-            :class:`~cyclealign.CycleAlignTrainer`.
+        model, args, processing_class, peft_config, quantization_config, callbacks,
+            optimizers: as for :class:`~cyclealign.CycleAlignTrainer`.
         train_dataset, eval_dataset: ranked rows (``prompt``, ``responses``, and ``rewards``
             or ``ranking``), or round logs; every row is checked before training starts.
     """
@@ -172,6 +172,7 @@ class OfflineRankingTrainer(RankingTrainerBase):
         eval_dataset: Any = None,
         processing_class: Any = None,
         peft_config: Any = None,
+        quantization_config: Any = None,
         callbacks: list | None = None,
         optimizers: tuple = (None, None),
     ) -> None:
@@ -189,6 +190,7 @@ class OfflineRankingTrainer(RankingTrainerBase):
             eval_dataset=eval_dataset,
             processing_class=processing_class,
             peft_config=peft_config,
+            quantization_config=quantization_config,
             callbacks=callbacks,
             optimizers=optimizers,
             make_collator=make_collator,
