@@ -73,6 +73,7 @@ def make_args(tmp_path, **overrides):
         num_generations=4,
         max_rounds=2,
         learning_rate=1e-3,
+        logging_steps=1,
         save_strategy="no",
         disable_tqdm=True,
         seed=0,
@@ -528,6 +529,37 @@ def test_peft_lora_trains_only_the_adapter_and_saves_it(tmp_path):
     assert "model.safetensors" not in files
 
 
+def test_same_seed_same_lora_weights_whatever_the_rng_state(tmp_path):
+    import random
+
+    import numpy as np
+    import peft
+
+    tokenizer = build_tiny_tokenizer()
+    adapters = []
+    for disturbance in (1, 2):
+        model = build_tiny_model(tokenizer)  # seeds torch itself: disturb the state after it
+        torch.manual_seed(1000 + disturbance)  # a different global RNG state each time
+        random.seed(disturbance)
+        np.random.seed(disturbance)
+        torch.randn(disturbance * 7)
+        trainer = CycleAlignTrainer(
+            model,
+            make_args(tmp_path / str(disturbance), seed=3),
+            train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+            processing_class=tokenizer,
+            ranker=CountRanker("e"),
+            # init_lora_weights=False draws lora_B at random too, so both matrices are compared
+            peft_config=peft.LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False),
+        )
+        adapters.append({n: p.detach().clone() for n, p in trainer.model.named_parameters()
+                         if "lora_" in n})  # fmt: skip
+    first, second = adapters
+    assert first and first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+
+
 def test_model_path_and_chat_message_prompts(tmp_path, tiny_model_dir):
     ranker = CountRanker("e")
     messages = [[{"role": "user", "content": p}] for p in PROMPTS[:2]]
@@ -546,9 +578,12 @@ def test_model_path_and_chat_message_prompts(tmp_path, tiny_model_dir):
 def test_tokenizer_without_chat_template_uses_human_assistant_format(tmp_path):
     tokenizer = build_tiny_tokenizer(chat_template=False, pad_is_eos=False)
     ranker = CountRanker("e")
-    trainer = make_trainer(tmp_path, ranker, tokenizer=tokenizer, max_steps=1)
-    batch = trainer.data_collator([{"prompt": "Tell me a joke."}])
+    chats = [[{"role": "user", "content": p}] for p in PROMPTS]
+    trainer = make_trainer(tmp_path, ranker, tokenizer=tokenizer, prompts=chats, max_steps=1)
+    batch = trainer.data_collator([{"prompt": [{"role": "user", "content": "Tell me a joke."}]}])
     assert tokenizer.decode(batch["input_ids"][0]) == "\n\nHuman: Tell me a joke.\n\nAssistant:"
+    raw = "\n\nHuman: hi\n\nAssistant:"  # a string is raw text, as in TRL
+    assert tokenizer.decode(trainer.data_collator([{"prompt": raw}])["input_ids"][0]) == raw
     trainer.train()
     assert trainer.state.global_step == 1 and ranker.requests
 

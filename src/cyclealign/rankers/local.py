@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ..logprobs import sequence_token_logps
-from ..prompts import as_messages, render_chat, render_prompt
+from ..prompts import as_messages, render_chat
 from ..types import RankRequest, RankResult, Usage
 from .base import BlackBoxRanker
 from .prompt import RankingTemplate
@@ -87,15 +87,18 @@ class RewardModelRanker(BlackBoxRanker):
 
     def text(self, prompt: Any, response: str) -> str:
         """The text scored for one (prompt, response) pair: the conversation ending with the
-        response, rendered as the white-box model's prompt is (:mod:`cyclealign.prompts`)."""
-        if self.tokenizer.chat_template:
-            messages = as_messages(prompt) or [{"role": "user", "content": prompt}]
-            return render_chat(
-                [*messages, {"role": "assistant", "content": response}],
-                self.tokenizer,
-                add_generation_prompt=False,
-            )
-        return f"{render_prompt(prompt, self.tokenizer)} {response}"
+        response (:func:`cyclealign.prompts.render_chat`; a string prompt is one user turn),
+        or an HH-RLHF style string ending with ``"Assistant:"`` followed by the response."""
+        messages = as_messages(prompt)
+        raw_hh = messages is None and prompt.rstrip().endswith("Assistant:")
+        if raw_hh and not self.tokenizer.chat_template:  # HH-RLHF text, as the data has it
+            return f"{prompt} {response}"
+        messages = messages or [{"role": "user", "content": prompt}]
+        return render_chat(
+            [*messages, {"role": "assistant", "content": response}],
+            self.tokenizer,
+            add_generation_prompt=False,
+        )
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:

@@ -133,7 +133,11 @@ def model_init_kwargs(model_args: Any, args: CycleAlignConfig) -> dict[str, Any]
     return {**kwargs, **(args.model_init_kwargs or {})}
 
 
-def load_prompts(script: ScriptArguments, split: str, num_samples: int | None, ranked: bool):
+def load_prompts(
+    script: ScriptArguments, split: str, num_samples: int | None, ranked: bool, chat: bool = True
+):
+    """HH-RLHF (or the demo prompts): chat messages for a chat model (``chat``), the raw
+    ``"\n\nHuman: ...\n\nAssistant:"`` text for a base model."""
     from ..data import load_hh_rlhf
     from ..data.demo import load_demo_prompts
 
@@ -147,6 +151,7 @@ def load_prompts(script: ScriptArguments, split: str, num_samples: int | None, r
         split=split,
         num_samples=num_samples,
         format="ranked" if ranked else "prompts",
+        prompt_format="messages" if chat else "raw",
     )
 
 
@@ -178,6 +183,7 @@ def build_trainer(script: ScriptArguments, args: CycleAlignConfig, model_args: A
     """The trainer the script runs: :class:`~cyclealign.CycleAlignTrainer`, or with
     ``ranker: none`` :class:`~cyclealign.OfflineRankingTrainer`, on the model of
     ``model_args`` (with its LoRA and quantization settings)."""
+    from transformers import AutoTokenizer
     from trl import get_peft_config, get_quantization_config
 
     # The public names, as a user's script imports them: nothing outside trainer/ imports it.
@@ -185,21 +191,33 @@ def build_trainer(script: ScriptArguments, args: CycleAlignConfig, model_args: A
 
     model_path = resolve_model(model_args.model_name_or_path, script.cache_dir)
     args.model_init_kwargs = model_init_kwargs(model_args, args)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_path,
+        revision=args.model_init_kwargs.get("revision"),
+        trust_remote_code=args.model_init_kwargs.get("trust_remote_code", False),
+    )
+    chat = bool(tokenizer.chat_template)  # messages for a chat model, raw text for a base one
     ranked = script.ranker == "none"
-    train_dataset = load_prompts(script, script.split, script.num_samples, ranked)
+    train_dataset = load_prompts(script, script.split, script.num_samples, ranked, chat)
     eval_dataset = (
-        load_prompts(script, "test", script.eval_samples, ranked) if script.eval_samples else None
+        load_prompts(script, "test", script.eval_samples, ranked, chat)
+        if script.eval_samples
+        else None
     )
     common = dict(
+        processing_class=tokenizer,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         peft_config=get_peft_config(model_args),
         quantization_config=get_quantization_config(model_args),
     )
     if ranked:  # the paper's PRO/RRHF baselines: ranked data, no black box
-        return OfflineRankingTrainer(model_path, args, **common)
-    ranker = build_ranker(script, model_path, args)
-    return CycleAlignTrainer(model_path, args, ranker=ranker, **common)
+        trainer = OfflineRankingTrainer(model_path, args, **common)
+    else:
+        ranker = build_ranker(script, model_path, args)
+        trainer = CycleAlignTrainer(model_path, args, ranker=ranker, **common)
+    trainer.dataset_name = script.dataset  # for the model card
+    return trainer
 
 
 def train(script: ScriptArguments, args: CycleAlignConfig, model_args: Any) -> dict:

@@ -14,12 +14,14 @@ from typing import Any
 import torch
 from accelerate.utils import DistributedType
 from transformers import Trainer
+from transformers.trainer_utils import enable_full_determinism, set_seed
 
 from ..config import CycleAlignConfig
 from ..logprobs import accepts_logits_to_keep
 from ..losses import get_ranking_loss
 from ..models import disable_dropout, load_model_and_tokenizer, wrap_with_peft
 from ..sampling import eos_token_ids
+from .model_card import TAGS, write_model_card
 from .stats import CycleMetrics
 
 __all__ = ["RankingTrainerBase"]
@@ -66,6 +68,12 @@ class RankingTrainerBase(Trainer):
                 f"{type(args).__name__}. Build one with CycleAlignConfig(output_dir=..., ...)."
             )
         args._validate()  # fields may have been changed after construction
+        # Seeded before the model and its adapter are made (PEFT initialises the adapter at
+        # random), as TRL does: the same seed gives the same adapter whatever the RNG state.
+        if args.full_determinism:
+            enable_full_determinism(args.seed)
+        else:
+            set_seed(args.seed)
         model, processing_class = load_model_and_tokenizer(
             model, args, processing_class, quantization_config
         )
@@ -90,6 +98,30 @@ class RankingTrainerBase(Trainer):
         )
         self.eos_token_ids = eos_ids
         self._logits_to_keep = accepts_logits_to_keep(self.model)
+        #: The training data's name in the model card (a hub id, or a local folder).
+        self.dataset_name: str | None = None
+        if hasattr(self.model, "add_model_tags"):
+            self.model.add_model_tags(list(TAGS))
+
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        dataset_name: str | None = None,
+        tags: str | list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Write ``output_dir/README.md`` with TRL's ``generate_model_card``
+        (:mod:`cyclealign.trainer.model_card`); ``push_to_hub`` uploads it with the model.
+        ``dataset_name`` defaults to :attr:`dataset_name`."""
+        if tags:
+            self.model.add_model_tags([tags] if isinstance(tags, str) else list(tags))
+        write_model_card(self, self.args.output_dir, model_name, dataset_name or self.dataset_name)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """As :meth:`transformers.Trainer.save_model`, plus the model card (so every checkpoint
+        has one too)."""
+        super().save_model(output_dir, _internal_call)
+        write_model_card(self, output_dir or self.args.output_dir, dataset_name=self.dataset_name)
 
     def _update(self, model: torch.nn.Module, loss: torch.Tensor, last: bool) -> torch.Tensor:
         """Backpropagate ``loss``; unless ``last``, also step the optimizer (the Trainer steps

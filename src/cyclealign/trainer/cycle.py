@@ -30,8 +30,8 @@ from ..sampling import Candidates, checkpointing_paused, sample_candidates, samp
 from ..targets import PromptOutcome, add_better_responses, prompt_outcome, target_tensors
 from ..types import RankRequest, RankResult
 from .base import RankingTrainerBase
-from .callbacks import SampleTableCallback
 from .checkpoint import restore_cycle_state, save_cycle_state
+from .completions import log_completion_table
 from .round_log import RoundLogWriter, log_row
 from .stats import RoundStats, reduce_sum, stats_to_metrics
 
@@ -105,8 +105,7 @@ class CycleAlignTrainer(RankingTrainerBase):
                 f"FunctionRanker), got {type(ranker).__name__}."
             )
         self.ranker = ranker
-        self._latest_samples: list[dict[str, Any]] = []
-        callbacks = [*(callbacks or []), SampleTableCallback(lambda: self._latest_samples)]
+        self._completion_rows: list[dict[str, Any]] = []  # the latest step's rounds
         super().__init__(
             model,
             args,
@@ -118,7 +117,7 @@ class CycleAlignTrainer(RankingTrainerBase):
             callbacks=callbacks,
             optimizers=optimizers,
             make_collator=lambda tokenizer, args, eos: PromptCollator(
-                tokenizer, args.max_prompt_length
+                tokenizer, args.max_prompt_length, args.chat_template_kwargs
             ),
         )
         if not self.args.use_static_demonstration:
@@ -156,6 +155,7 @@ class CycleAlignTrainer(RankingTrainerBase):
             # then skip the parameter entirely (no momentum, no weight decay).
             self.optimizer.zero_grad(set_to_none=True)
         step_stats = RoundStats()
+        self._completion_rows = []
         rounds = updates = 0
         for round_index in range(self.args.max_rounds):
             out = self._run_round(model, inputs, round_index, training=True)
@@ -217,17 +217,17 @@ class CycleAlignTrainer(RankingTrainerBase):
     ) -> PendingRanking:
         """Send every prompt's candidates, with its demonstrations, its dataset row's other
         columns and the responses' token ids, to the black box."""
-        ids = candidates.completion_ids.cpu()
-        mask = candidates.completion_mask.cpu()
         requests = [
             RankRequest(
                 prompt,
                 texts,
                 select_demonstrations(self.pool, prompt, self.args),
                 columns=columns[b] if columns else {},
-                completion_ids=[ids[b, j][mask[b, j]].tolist() for j in range(len(texts))],
+                completion_ids=ids,
             )
-            for b, (prompt, texts) in enumerate(zip(prompts, candidates.texts))
+            for b, (prompt, texts, ids) in enumerate(
+                zip(prompts, candidates.texts, candidates.token_ids())
+            )
         ]
         self.ranker.trainer_state = self.state  # reward functions get it, as in TRL
         return PendingRanking(self.ranker, requests)
@@ -273,7 +273,9 @@ class CycleAlignTrainer(RankingTrainerBase):
                 round_index=round_index,
                 process_index=self.accelerator.process_index,
                 prompt=prompt,
-                rendered_prompt=render_prompt(prompt, self.processing_class),
+                rendered_prompt=render_prompt(
+                    prompt, self.processing_class, args.chat_template_kwargs
+                ),
                 responses=texts,
                 result=result,
                 whitebox_ranking=o.whitebox_ranking,
@@ -281,14 +283,16 @@ class CycleAlignTrainer(RankingTrainerBase):
             )
             for prompt, texts, result, o in zip(prompts, candidates.texts, results, outcomes)
         ]
-        self._latest_samples = rows
         if training:
             if args.use_dynamic_demonstrations:
                 share_agreements(self.pool, prompts, candidates.texts, outcomes)
-            if self._round_log is not None:
+            if self._round_log is not None or args.log_completions:
                 all_rows = gather_object(rows)
                 if self.accelerator.is_main_process:
-                    self._round_log.write(all_rows)
+                    if self._round_log is not None:
+                        self._round_log.write(all_rows)
+                    if args.log_completions:
+                        self._completion_rows.extend(all_rows)
         return outcomes, RoundStats.count(outcomes, candidates)
 
     def _optimize(
@@ -378,6 +382,18 @@ class CycleAlignTrainer(RankingTrainerBase):
         return output
 
     # -- logging, checkpoints ------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        training = self.model.training
+        super().log(logs, start_time)
+        if training and self.args.log_completions and self.accelerator.is_main_process:
+            log_completion_table(
+                self._completion_rows,
+                self.state.global_step,
+                self.args.report_to,
+                self.args.num_completions_to_print,
+            )
+            self._completion_rows = []  # one table per logging step, not again at the end
 
     def _training_metrics(self) -> dict[str, float]:
         metrics = super()._training_metrics()

@@ -105,8 +105,9 @@ class RankedCollator:
         max_prompt_length: int | None,
         max_completion_length: int | None,
         eos_token_id: int,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        self.prompts = PromptCollator(tokenizer, max_prompt_length)
+        self.prompts = PromptCollator(tokenizer, max_prompt_length, chat_template_kwargs)
         self.tokenizer = tokenizer
         self.max_completion_length = max_completion_length
         self.eos_token_id = eos_token_id
@@ -180,7 +181,11 @@ class OfflineRankingTrainer(RankingTrainerBase):
 
         def make_collator(tokenizer: Any, args: CycleAlignConfig, eos: list[int]) -> RankedCollator:
             return RankedCollator(
-                tokenizer, args.max_prompt_length, args.max_completion_length, eos[0]
+                tokenizer,
+                args.max_prompt_length,
+                args.max_completion_length,
+                eos[0],
+                args.chat_template_kwargs,
             )
 
         super().__init__(
