@@ -129,3 +129,19 @@ def test_push_to_hub_uploads_the_card_with_the_model(tmp_path, tiny_tokenizer, m
 )  # fmt: skip
 def test_ranker_description_keeps_the_name_and_host_only(ranker, expected):
     assert ranker_description(ranker) == expected
+
+
+def test_offline_training_says_it_had_no_black_box(tmp_path, tiny_tokenizer):
+    from cyclealign import OfflineRankingTrainer
+
+    rows = [{"prompt": "hi", "responses": ["a", "b"], "rewards": [1.0, 0.0]}] * 2
+    trainer = OfflineRankingTrainer(
+        build_tiny_model(tiny_tokenizer),
+        args(tmp_path, save_strategy="no"),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tiny_tokenizer,
+    )
+    trainer.save_model()
+    text = (Path(trainer.args.output_dir) / "README.md").read_text()
+    assert "No black box: offline ranking training with `pro`" in text
+    assert "max_rounds" not in text

@@ -113,7 +113,7 @@ class RankingTrainerBase(Trainer):
         """Write ``output_dir/README.md`` with TRL's ``generate_model_card``
         (:mod:`cyclealign.trainer.model_card`); ``push_to_hub`` uploads it with the model.
         ``dataset_name`` defaults to :attr:`dataset_name`."""
-        if tags:
+        if tags and hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags([tags] if isinstance(tags, str) else list(tags))
         write_model_card(self, self.args.output_dir, model_name, dataset_name or self.dataset_name)
 

@@ -137,16 +137,19 @@ def model_card(trainer: Any, model_name: str | None = None, dataset_name: str | 
         lines.append(f"- Dataset: `{Path(dataset_name.rstrip('/')).name}`, a local copy")
     elif hub_dataset:
         lines.append(f"- Dataset: [{hub_dataset}](https://huggingface.co/datasets/{hub_dataset})")
+    args = trainer.args
     black_box = ranker_description(getattr(trainer, "ranker", None))
     if black_box:
         lines.append(f"- Black box (ranker): {black_box}")
+        lines.append(
+            f"- Ranking loss `{args.ranking_loss}`, `num_generations={args.num_generations}`, "
+            f"`max_rounds={args.max_rounds}`"
+        )
     else:
-        lines.append("- No black box: offline ranking training (the paper's PRO/RRHF baselines)")
-    args = trainer.args
-    lines.append(
-        f"- Ranking loss `{args.ranking_loss}`, `num_generations={args.num_generations}`, "
-        f"`max_rounds={args.max_rounds}`"
-    )
+        lines.append(
+            f"- No black box: offline ranking training with `{args.ranking_loss}` on ranked data "
+            "(the paper's PRO/RRHF baselines)"
+        )
     section = "\n".join(lines) + "\n\n"
     marker = "### Framework versions"
     card.text = (
