@@ -190,7 +190,9 @@ def cycle(model, tokenizer, cli) -> tuple[list[float], dict[str, list[float]], d
             lr_scheduler_type="constant",
             train_sampling_strategy="sequential",  # every batch is the bare loop's batch
         )
-        data = Dataset.from_dict({"prompt": (PROMPTS[: cli.prompts]) * cli.steps})
+        # Chat messages: the chat template applies, as in the bare loop (a string is raw text).
+        chats = [[{"role": "user", "content": p}] for p in PROMPTS[: cli.prompts]]
+        data = Dataset.from_dict({"prompt": chats * cli.steps})
         timer = StepTimer()
         trainer = CycleAlignTrainer(
             model,

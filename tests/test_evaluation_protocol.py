@@ -77,9 +77,11 @@ def test_a_shuffling_judge_is_refused():
 def test_ranking_accuracy_with_and_without_demonstrations():
     seen = []
 
-    def prefers_long(prompts, completions):
+    def prefers_long(prompts, completions, **kwargs):
         seen.append(len(prompts))
-        return [float(len(c)) for c in completions]
+        # TRL's convention: a chat prompt's completion is a message list.
+        texts = [c if isinstance(c, str) else c[0]["content"] for c in completions]
+        return [float(len(t)) for t in texts]
 
     ranker = FunctionRanker(prefers_long)
     chosen = ["a detailed helpful reply", "short", "another good long reply"]

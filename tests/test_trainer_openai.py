@@ -25,6 +25,7 @@ def make_trainer(tmp_path, tokenizer, ranker, **overrides):
         max_rounds=1,
         max_steps=1,
         learning_rate=1e-3,
+        logging_steps=1,
         report_to="none",
         save_strategy="no",
         use_cpu=True,

@@ -31,6 +31,11 @@ def test_request_and_demonstration_are_normalised():
     request = RankRequest([{"role": "user", "content": "hi"}], ["a", "b"], [demo])
     assert request.responses == ("a", "b")
     assert request.demonstrations == (demo,)
+    assert request.columns == {} and request.completion_ids is None
+    with_ids = RankRequest("p", ["a", "b"], columns={"solution": 2}, completion_ids=[[1], [2, 3]])
+    assert with_ids.completion_ids == ([1], [2, 3]) and with_ids.columns == {"solution": 2}
+    with pytest.raises(ValueError, match="2 completion_ids for 3 responses"):
+        RankRequest("p", ["a", "b", "c"], completion_ids=[[1], [2]])
 
 
 def test_result_ok_and_demonstration_checks():

@@ -38,6 +38,9 @@ class CycleAlignConfig(TrainingArguments):
             string `dtype` is turned into the `torch` dtype. With `gguf_file`, the GGUF checkpoint
             is converted once to safetensors under `output_dir/gguf-safetensors` (transformers
             cannot save a GGUF-loaded model, so checkpoints would fail otherwise).
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Allow models and tokenizers that ship their own Python code on the Hub, for the
+            white-box model and its tokenizer (TRL's field, as in `GRPOConfig`).
         disable_dropout (`bool`, *optional*, defaults to `True`):
             Set every dropout probability of the model (adapters' included) to 0. The white-box
             ranking compares the model's own log-likelihoods of the candidates; dropout would add
@@ -69,6 +72,9 @@ class CycleAlignConfig(TrainingArguments):
         generation_kwargs (`dict[str, Any]` or `str`, *optional*):
             Extra [`~transformers.GenerationConfig`] fields. Where one names a parameter above
             (`top_k`, `min_p`, ...), it overrides that parameter, as in TRL.
+        chat_template_kwargs (`dict[str, Any]` or `str`, *optional*):
+            Extra keyword arguments of `apply_chat_template` for message-list prompts (for
+            example `{"enable_thinking": false}`), as in TRL. String prompts are raw text.
 
         > Parameters that control the cycle
 
@@ -128,15 +134,27 @@ class CycleAlignConfig(TrainingArguments):
         round_log (`bool`, *optional*, defaults to `False`):
             Append every round's prompts, candidates, both rankings, the raw black-box answer
             and the agreement to `output_dir/round_log.jsonl`.
+        log_completions (`bool`, *optional*, defaults to `False`):
+            At every log, show the latest step's rounds (prompt, responses, both rankings,
+            agreement, better response): printed with `rich` when it is installed, and as a
+            `completions` table to every tracker in `report_to` that takes tables (`wandb`,
+            `trackio`). TRL's name and default.
+        num_completions_to_print (`int` or `None`, *optional*):
+            Rows printed to the console per log (a sample); `None` prints all. The trackers
+            always get all. TRL's name and default.
 
     > [!NOTE]
     > Defaults that differ from [`~transformers.TrainingArguments`]:
-    > - `remove_unused_columns`: `False` (the trainer needs the raw `prompt` column).
-    > - `logging_steps`: `1` instead of `500` (a step is several rounds of sampling and
-    >   black-box calls).
+    > - `remove_unused_columns`: `False` (the trainer needs the raw `prompt` column and the
+    >   ranker the other columns), as in TRL's `GRPOConfig`.
+    > - `learning_rate`: `1e-6` instead of `5e-5`, as in `GRPOConfig`.
+    > - `logging_steps`: `10` instead of `500`, as in `GRPOConfig`.
     > - `num_train_epochs`: `1.0` instead of `3.0` (the paper trains one epoch).
     > - `per_device_train_batch_size`: `2` instead of `8` (each prompt becomes
     >   `num_generations` sequences, up to `max_rounds` times per step).
+    >
+    > Defaults that differ from TRL's `GRPOConfig`, with the reasons, are listed in
+    > `docs/trainer.md`.
     >
     > `gradient_accumulation_steps` must stay `1`: rounds update the weights between each
     > other, so accumulating across micro-batches would mix gradients of different models.
@@ -147,6 +165,7 @@ class CycleAlignConfig(TrainingArguments):
         *TrainingArguments._VALID_DICT_FIELDS,
         "model_init_kwargs",
         "generation_kwargs",
+        "chat_template_kwargs",
         "ranking_loss_kwargs",
     ]
 
@@ -157,8 +176,11 @@ class CycleAlignConfig(TrainingArguments):
             "help": "Keep dataset columns the model does not take; the trainer needs `prompt`."
         },
     )
+    learning_rate: float = field(
+        default=1e-6, metadata={"help": "The initial learning rate for AdamW (GRPO's default)."}
+    )
     logging_steps: float = field(
-        default=1,
+        default=10,
         metadata={
             "help": "Log every X update steps (an int, or a float in [0, 1) for a ratio of the total)."
         },
@@ -175,6 +197,10 @@ class CycleAlignConfig(TrainingArguments):
             "help": "Keyword arguments for `AutoModelForCausalLM.from_pretrained` when `model` is a "
             'path or hub id, e.g. \'{"dtype": "bfloat16"}\'.'
         },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow models and tokenizers with custom code from the Hub."},
     )
     disable_dropout: bool = field(
         default=True,
@@ -213,6 +239,10 @@ class CycleAlignConfig(TrainingArguments):
     generation_kwargs: dict | str | None = field(
         default=None,
         metadata={"help": "Extra GenerationConfig fields; where one names a field above, it wins."},
+    )
+    chat_template_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "Extra apply_chat_template kwargs for message prompts, as in TRL."},
     )
 
     # -- the cycle ------------------------------------------------------------------------------
@@ -291,6 +321,13 @@ class CycleAlignConfig(TrainingArguments):
         default=False,
         metadata={"help": "Append every round to output_dir/round_log.jsonl."},
     )
+    log_completions: bool = field(
+        default=False,
+        metadata={"help": "At every log, print the latest rounds and send them to trackers."},
+    )
+    num_completions_to_print: int | None = field(
+        default=None, metadata={"help": "Rows printed per log; None: all (trackers get all)."}
+    )
 
     def __post_init__(self) -> None:
         if self.ddp_backend is None and _deepspeed_without_accelerator(self.deepspeed):
@@ -299,7 +336,12 @@ class CycleAlignConfig(TrainingArguments):
             # micro_batch_per_gpu * gradient_acc_step * world_size". gloo is the CPU backend.
             self.ddp_backend = "gloo"
         super().__post_init__()
-        for name in ("model_init_kwargs", "generation_kwargs", "ranking_loss_kwargs"):
+        for name in (
+            "model_init_kwargs",
+            "generation_kwargs",
+            "chat_template_kwargs",
+            "ranking_loss_kwargs",
+        ):
             setattr(self, name, _parse_dict(name, getattr(self, name)))
         self._validate()
 
@@ -317,6 +359,8 @@ class CycleAlignConfig(TrainingArguments):
         _check_int("max_completion_length", self.max_completion_length, 1, "responses need a token")
         _check_int("max_demonstrations", self.max_demonstrations, 0, "0 sends none")
         _check_int("demonstration_pool_size", self.demonstration_pool_size, 1, "")
+        if self.num_completions_to_print is not None:
+            _check_int("num_completions_to_print", self.num_completions_to_print, 0, "or None")
         for name in ("max_prompt_length", "scoring_batch_size", "demonstration_max_chars"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1, "or None for no limit")

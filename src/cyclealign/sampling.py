@@ -45,6 +45,14 @@ class Candidates:
     texts: list[list[str]]  # distinct response texts per prompt
     truncated: list[list[bool]]  # per distinct response: cut by max_completion_length (no EOS)
 
+    def token_ids(self) -> list[list[list[int]]]:
+        """Per prompt, each distinct response's token ids (its EOS included when it ended)."""
+        ids, mask = self.completion_ids.cpu(), self.completion_mask.cpu()
+        return [
+            [ids[b, j][mask[b, j]].tolist() for j in range(len(t))]
+            for b, t in enumerate(self.texts)
+        ]
+
 
 @contextmanager
 def checkpointing_paused(model: Any) -> Iterator[None]:

@@ -32,6 +32,16 @@ class BlackBoxRanker:
                         for r in requests]
     """
 
+    #: ``True`` when an exception from :meth:`rank` / :meth:`arank` is a bug in user code (a
+    #: reward function that raises) rather than a flaky service: the trainer then stops with
+    #: that exception instead of counting the prompts as failed.
+    stops_on_error: bool = False
+
+    #: The trainer's ``TrainerState`` while a trainer uses this ranker (set before each batch
+    #: is ranked), ``None`` otherwise. :class:`~cyclealign.rankers.FunctionRanker` passes it to
+    #: reward functions as ``trainer_state``, as TRL does.
+    trainer_state: Any = None
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.rank is BlackBoxRanker.rank and cls.arank is BlackBoxRanker.arank:

@@ -1,9 +1,11 @@
 """Rankings in flight: started before the white-box forward pass, collected after it, and
-never allowed to stop training.
+never allowed to stop training, unless the ranker says its errors are bugs.
 
 Whatever goes wrong (``submit`` raising, the future raising, the wrong number of results, a
 ranking that is not a permutation) becomes a failed :class:`~cyclealign.RankResult` with an
-``error``.
+``error``. The exception: a ranker with ``stops_on_error`` (a
+:class:`~cyclealign.rankers.FunctionRanker`, whose reward functions are user code) has its
+exception re-raised as it is, with its own traceback.
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ class PendingRanking:
         self.requests = list(requests)
         self._future: concurrent.futures.Future[list[RankResult]] | None = None
         self._error: str | None = None
+        self._stops_on_error = bool(getattr(ranker, "stops_on_error", False))
         try:
             self._future = ranker.submit(self.requests)
         except Exception as err:  # a ranker bug must not end a long training run
+            if self._stops_on_error:
+                raise
             self._error = f"submit() raised {type(err).__name__}: {err}"
 
     def wait(self) -> list[RankResult]:
@@ -39,6 +44,8 @@ class PendingRanking:
             try:
                 results = self._future.result()
             except Exception as err:
+                if self._stops_on_error:
+                    raise
                 self._error = f"ranking raised {type(err).__name__}: {err}"
             else:
                 return self._validate(results)
