@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -133,3 +134,99 @@ def test_without_any_demonstration_the_prompt_is_bare(tmp_path, tiny_tokenizer):
     logged = trainer.state.log_history[0]
     assert logged["ablation/static_demonstration"] == 0.0
     assert logged["ablation/dynamic_demonstrations"] == 0.0
+
+
+def test_a_planted_key_is_in_no_file_written_even_when_the_server_echoes_it(
+    tmp_path, tiny_tokenizer, caplog
+):
+    from chat_server import ECHO_KEY, ECHO_MASKED_KEY, Reply
+
+    secret = "sk-PLANTED-0123456789abcdefXYZ"
+    judge = rank_by(len)
+    error = {"error": {"message": f"Incorrect API key provided: {ECHO_MASKED_KEY}", "type": "x"}}
+
+    def echoing(body, number):
+        if number % 3 == 2:  # a rejected request quoting the key, masked, in its error
+            return Reply(status=400, error_body=error)
+        reply = judge(body, number)
+        reply.content = (
+            f"Key {ECHO_KEY} ({ECHO_MASKED_KEY}).\n{reply.content}\n"
+            f"### A better response is:\nYour key is {ECHO_KEY}, part {ECHO_KEY[:14]}"
+        )
+        return reply
+
+    with ChatServer(echoing) as server, caplog.at_level("DEBUG"):
+        ranker = OpenAIRanker(
+            "judge",
+            base_url=server.base_url,
+            api_key=secret,
+            cache_path=tmp_path / "out" / "answers.sqlite",
+            request_better_response=True,
+            max_retries=0,
+        )
+        trainer = make_trainer(
+            tmp_path / "out",
+            tiny_tokenizer,
+            ranker,
+            max_steps=2,
+            save_strategy="steps",
+            save_steps=1,
+            round_log=True,
+            logging_steps=1,
+        )
+        trainer.train()
+        ranker.close()
+        assert any(secret in json.dumps(r.headers) for r in server.requests)
+    assert trainer.state.log_history[0]["ranker/better_responses"] > 0  # echoes were used
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "round_log.jsonl" for p in files)
+    assert any(p.name.startswith("answers.sqlite") for p in files)
+    assert any("checkpoint-2" in p.parts for p in files)
+    pieces = {secret[i : i + 8] for i in range(len(secret) - 7)}
+    pieces.add(f"{secret[:12]}****{secret[-4:]}")
+    for path in files:
+        blob = path.read_bytes()
+        leaked = [p for p in pieces if p.encode() in blob]
+        assert not leaked, f"{path} holds {leaked}"
+    assert not [p for p in pieces if p in caplog.text]
+
+
+@pytest.mark.slow
+def test_a_round_ends_at_its_deadline_and_the_late_answer_is_cached_for_a_rerun(
+    tmp_path, tiny_tokenizer
+):
+
+    judge = rank_by(len)
+    slow_prompt = PROMPTS[1]
+
+    def handler(body, number):
+        reply = judge(body, number)
+        if slow_prompt in body["messages"][-1]["content"]:
+            reply.trickle_s = 6.0  # a valid answer, far slower than the round's deadline
+        return reply
+
+    cache = tmp_path / "answers.sqlite"
+    with ChatServer(handler) as server:
+        ranker = OpenAIRanker("judge", base_url=server.base_url, cache_path=cache, timeout=30)
+        trainer = make_trainer(tmp_path / "run0", tiny_tokenizer, ranker, ranking_deadline=2.0)
+        start = time.monotonic()
+        trainer.train()
+        took = time.monotonic() - start
+        logged = trainer.state.log_history[0]
+        slow = [i for i, r in enumerate(server.requests) if slow_prompt in r.last_user_message]
+        assert len(slow) == 1 and server.count == len(PROMPTS)
+        deadline = time.monotonic() + 20
+        while slow[0] not in server.completed and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert slow[0] in server.completed  # the late answer was sent whole, not cancelled
+        time.sleep(0.5)  # and cached by the ranker's background loop
+        ranker.close()
+        rerun_ranker = OpenAIRanker("judge", base_url=server.base_url, cache_path=cache)
+        rerun = make_trainer(tmp_path / "run1", tiny_tokenizer, rerun_ranker, ranking_deadline=2.0)
+        rerun.train()
+        assert server.count == len(PROMPTS)  # the re-run paid for nothing
+    assert took < 6.0  # the round did not wait for the trickled answer
+    assert logged["ranker/late"] == 1 and logged["ranker/failures"] == 1
+    assert logged["cycle/updates"] == 1  # trained on the three rankings that came in time
+    again = rerun.state.log_history[0]
+    assert again["ranker/late"] == 0 and again["ranker/cache_hits"] == len(PROMPTS)

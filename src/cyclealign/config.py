@@ -89,6 +89,14 @@ class CycleAlignConfig(TrainingArguments):
             How a ranking becomes rewards: `"linear"` gives ranks `n-1, ..., 0` best-first;
             `"scores"` uses the ranker's `scores` where it returns them (one finite value per
             response) and falls back to linear otherwise.
+        ranking_deadline (`float` or `None`, *optional*):
+            Seconds a round waits for the black box's rankings, counted from when they are sent.
+            Past it, the missing rankings count as failures for that round (`ranker/late`) and
+            training goes on. Nothing is cancelled: an answer that comes later is still cached
+            (it was paid for) and used by a re-run. `None`: the ranker's own bound
+            (`BlackBoxRanker.deadline_s`; for `OpenAIRanker`, every attempt of each request and
+            its repair running to `timeout`, with the backoffs, in waves of `max_concurrency`),
+            and no deadline for a ranker that gives none.
 
         > Parameters that control the demonstrations
 
@@ -243,6 +251,13 @@ class CycleAlignConfig(TrainingArguments):
             "choices": list(_CHOICES["reward_from_ranking"]),
         },
     )
+    ranking_deadline: float | None = field(
+        default=None,
+        metadata={
+            "help": "Seconds a round waits for its rankings; later ones fail for the round (and "
+            "are cached when they come). None: the ranker's own bound."
+        },
+    )
 
     # -- demonstrations -----------------------------------------------------------------------
     use_dynamic_demonstrations: bool = field(
@@ -340,6 +355,16 @@ class CycleAlignConfig(TrainingArguments):
             raise ValueError(
                 f"CycleAlignConfig: repetition_penalty must be > 0, got "
                 f"{self.repetition_penalty}. Use 1.0 to disable it."
+            )
+        deadline = self.ranking_deadline
+        if deadline is not None and (
+            isinstance(deadline, bool)
+            or not isinstance(deadline, (int, float))
+            or not 0 < deadline < float("inf")
+        ):
+            raise ValueError(
+                f"CycleAlignConfig: ranking_deadline must be a number of seconds > 0 or None (the "
+                f"ranker's own bound), got {deadline!r}."
             )
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:

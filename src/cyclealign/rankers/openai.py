@@ -11,16 +11,21 @@ the llama.cpp server and TGI all speak this wire format. What this class adds to
 - **Retries are ours.** The SDK's retries are off so every retry is counted: 429 and 5xx
   back off (honouring ``Retry-After``), timeouts and dropped connections are retried, and
   authentication errors fail fast.
+- **``timeout`` bounds a request as a whole**, however slowly the server sends its bytes
+  (the HTTP client's own timeout is per read); :meth:`OpenAIRanker.deadline_s` says how
+  long a batch can take, retries included, for the trainer's round deadline.
 - **One unparseable answer gets one repair request** quoting what was wrong.
 - **Budgets hold** with any number of requests in flight (see :mod:`.budget`).
 
 The API key is read once and kept only inside the SDK client: it is no field of any config,
-and never appears in ``repr``, ``state_dict``, logs, errors or the cache.
+and never appears in ``repr``, ``state_dict``, logs, errors or the cache; what a server sends
+back (errors, answers) is masked (:mod:`.redact`) before it is stored or shown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 import logging
 import os
@@ -35,8 +40,10 @@ from ._loop import submit as _submit_coroutine
 from .base import BlackBoxRanker
 from .budget import Budget, RateLimiter
 from .cache import RankCache, cache_key
+from .grammar import ANSWER_MARKER, RequestText
 from .parsing import RankingParseError, parse_better_response, parse_ranking, parse_structured
 from .prompt import RankingTemplate
+from .redact import Redactor
 from .retry import RequestFailure, backoff, classify
 
 __all__ = ["OpenAIRanker"]
@@ -57,7 +64,8 @@ class OpenAIRanker(BlackBoxRanker):
             is sent.
         max_concurrency: requests in flight at once.
         requests_per_minute: rate limit (``None``: none).
-        timeout: seconds per HTTP request.
+        timeout: seconds per HTTP request, as a whole (connection, waiting and every byte of
+            the answer); past it the request is a ``timeout`` failure, and is retried.
         max_retries: retries per request after the first try (429, 5xx, timeouts,
             connection errors).
         temperature, seed: sampling parameters sent to the server (``temperature=None``:
@@ -136,7 +144,8 @@ class OpenAIRanker(BlackBoxRanker):
         self._limiter = RateLimiter(requests_per_minute)
         # The key lives in closures, not attributes: vars(ranker) never shows it.
         self._make_client = lambda: _new_client(key, base_url)
-        self._scrub = lambda text: str(text).replace(key, "***") if len(key) >= 8 else str(text)
+        redactor = Redactor(key)
+        self._scrub = lambda text: redactor(text)
         # Made now, not on the first request: building the client takes a noticeable moment
         # that would otherwise delay the first batch past the forward pass it should overlap.
         self._client: Any = self._make_client()
@@ -160,6 +169,35 @@ class OpenAIRanker(BlackBoxRanker):
         requests = list(requests)
         if asyncio.get_running_loop() is not background_loop():
             return await asyncio.wrap_future(_submit_coroutine(self.arank(requests)))
+        self._prepare()
+        return list(await asyncio.gather(*(self._rank_one(r) for r in requests)))
+
+    def submit_each(
+        self, requests: Sequence[RankRequest]
+    ) -> list[concurrent.futures.Future[RankResult]]:
+        """One future per request, each done as soon as its own answer is in (so a round
+        deadline keeps the answers that came in time; the others go on and are cached)."""
+        return [_submit_coroutine(self._rank_single(r)) for r in requests]
+
+    async def _rank_single(self, request: RankRequest) -> RankResult:
+        self._prepare()
+        return await self._rank_one(request)
+
+    def deadline_s(self, num_requests: int) -> float:
+        """The longest ``num_requests`` requests submitted together can take: every attempt
+        of the answer and of its repair request running to ``timeout``, the backoffs in
+        between, in waves of ``max_concurrency``, spaced by ``requests_per_minute``. A server
+        asking to wait longer than that (``Retry-After``) is not covered."""
+        attempts = self.max_retries + 1
+        waits = sum(
+            min(self.backoff_max, self.backoff_base * 2 ** (a - 1)) for a in range(1, attempts)
+        )
+        per_request = 2 * (attempts * self.timeout + waits)  # the answer and one repair
+        waves = -(-max(1, num_requests) // self.max_concurrency)
+        return waves * per_request + num_requests * self._limiter.interval
+
+    def _prepare(self) -> None:
+        """The client and the semaphore, on the background loop."""
         if self._client is None:
             if not hasattr(self, "_make_client"):
                 raise RuntimeError(
@@ -169,7 +207,6 @@ class OpenAIRanker(BlackBoxRanker):
             self._client = self._make_client()
         if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(self.max_concurrency)
-        return list(await asyncio.gather(*(self._rank_one(r) for r in requests)))
 
     async def _rank_one(self, request: RankRequest) -> RankResult:
         usage = Usage()
@@ -192,7 +229,7 @@ class OpenAIRanker(BlackBoxRanker):
             answer = await self._answer(messages, usage)
             raw = answer["content"]
             try:
-                displayed = self._parse(answer, n)
+                displayed = self._parse(answer, n, messages)
             except RankingParseError as err:
                 # One repair request: the conversation, the answer, and what was wrong.
                 repair = [
@@ -203,12 +240,17 @@ class OpenAIRanker(BlackBoxRanker):
                 usage.retries += 1
                 answer = await self._answer(repair, usage)
                 raw = answer["content"]
+                messages = repair
                 try:
-                    displayed = self._parse(answer, n)
+                    displayed = self._parse(answer, n, messages)
                 except RankingParseError as final:
                     raise RequestFailure(final.kind, f"unparseable answer: {final}") from None
             ranking = self.template.map_back(displayed, order)
-            better = parse_better_response(raw) if self.request_better_response else None
+            better = (
+                parse_better_response(raw, request=messages)
+                if self.request_better_response
+                else None
+            )
             result = RankResult(ranking=ranking, better_response=better, raw_text=raw)
         except RequestFailure as failure:
             usage.failures[failure.kind] += 1
@@ -217,16 +259,18 @@ class OpenAIRanker(BlackBoxRanker):
             logger.error("OpenAIRanker: unexpected %s: %s", type(err).__name__, self._scrub(err))
             usage.failures["internal"] += 1
             result = RankResult(ranking=None, error=f"internal error: {type(err).__name__}")
+        # Answers were masked on arrival; errors may quote what the server sent.
         if result.error is not None:
             result.error = self._scrub(result.error)
         result.usage = usage
         self.usage.add(usage)
         return result
 
-    def _parse(self, answer: dict[str, Any], n: int) -> list[int]:
+    def _parse(self, answer: dict[str, Any], n: int, messages: list[dict[str, str]]) -> list[int]:
         if answer.get("refusal"):
             raise RankingParseError("refusal", "the model refused to rank")
         finish_reason = answer.get("finish_reason")
+        request = RequestText(messages)  # markers copied from it are quotations
         try:
             if self.structured_output:
                 try:
@@ -237,10 +281,10 @@ class OpenAIRanker(BlackBoxRanker):
                     # Servers without schema support (some llama.cpp or Ollama builds)
                     # may answer in the text format; read it rather than pay for a repair.
                     try:
-                        return parse_ranking(answer["content"], n, finish_reason)
+                        return parse_ranking(answer["content"], n, finish_reason, request=request)
                     except RankingParseError:
                         raise err from None
-            return parse_ranking(answer["content"], n, finish_reason)
+            return parse_ranking(answer["content"], n, finish_reason, request=request)
         except RankingParseError as err:
             if finish_reason == "content_filter":
                 # The server's filter cut the answer: that is a refusal, whatever is left.
@@ -258,7 +302,7 @@ class OpenAIRanker(BlackBoxRanker):
             )
         return (
             f"Your answer could not be used: {err}. Reply with only the line\n"
-            f"### The desired ranking is: [...]\nlisting each of the numbers {listing} "
+            f"{ANSWER_MARKER} [...]\nlisting each of the numbers {listing} "
             "exactly once, best first."
         )
 
@@ -305,10 +349,15 @@ class OpenAIRanker(BlackBoxRanker):
                         raise RequestFailure("budget", "budget exhausted")
                     await self._limiter.wait()
                     usage.requests += 1
-                    response = await self._client.chat.completions.create(
-                        model=self.model, messages=messages, timeout=self.timeout, **params
-                    )
+                    # The client's timeout is per read: a server trickling bytes would hold
+                    # the request for as long as it likes. This bounds the whole request.
+                    async with asyncio.timeout(self.timeout):
+                        response = await self._client.chat.completions.create(
+                            model=self.model, messages=messages, timeout=self.timeout, **params
+                        )
                 return self._record(response, usage)
+            except TimeoutError:
+                kind, wait = "timeout", None
             except openai.APIError as err:
                 try:
                     kind, _, wait = classify(err)  # raises for what no retry can fix
@@ -332,9 +381,10 @@ class OpenAIRanker(BlackBoxRanker):
         usage.prompt_tokens += prompt_tokens
         usage.completion_tokens += completion_tokens
         self.budget.add_tokens(prompt_tokens + completion_tokens)
-        return {
-            "content": message.content or "",
-            "refusal": getattr(message, "refusal", None),
+        refusal = getattr(message, "refusal", None)
+        return {  # masked before it is cached, parsed or logged: a server may echo the key
+            "content": self._scrub(message.content or ""),
+            "refusal": self._scrub(refusal) if refusal else refusal,
             "finish_reason": choice.finish_reason,
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
         }

@@ -187,6 +187,7 @@ class CycleAlignTrainer(RankingTrainerBase):
             results = pending.wait()
         outcomes, stats = self._agree(prompts, candidates, scored, results, round_index, training)
         stats.set_spent(usage_before, self.ranker.usage)
+        stats.late = pending.late
         return self._optimize(model, candidates, scored, outcomes, stats, round_index, training)
 
     def _generate(self, model: torch.nn.Module, inputs: dict[str, Any]) -> Candidates:
@@ -213,7 +214,10 @@ class CycleAlignTrainer(RankingTrainerBase):
             RankRequest(prompt, texts, select_demonstrations(self.pool, prompt, self.args))
             for prompt, texts in zip(prompts, candidates.texts)
         ]
-        return PendingRanking(self.ranker, requests)
+        deadline = self.args.ranking_deadline
+        if deadline is None:
+            deadline = self.ranker.deadline_s(len(requests))
+        return PendingRanking(self.ranker, requests, deadline)
 
     def _score(self, model: torch.nn.Module, candidates: Candidates, training: bool) -> _Scored:
         """The white box's log-probs of every candidate and its own ranking of them."""

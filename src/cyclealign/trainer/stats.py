@@ -33,6 +33,7 @@ class RoundStats:
     prompts: float = 0  # prompts in the batch
     ranked: float = 0  # prompts with a valid black-box ranking
     failures: float = 0  # prompts whose ranking failed
+    late: float = 0  # of those, rankings with no answer within the round deadline
     usable: float = 0  # prompts with a training target and two candidates or more
     not_full: float = 0  # prompts whose two rankings do not agree fully (failures included)
     better: float = 0  # better responses returned and used
@@ -159,6 +160,7 @@ def stats_to_metrics(stats: RoundStats) -> dict[str, float]:
         "agreement/kendall_tau": _ratio(stats.tau_sum, stats.tau_count),
         "ranker/failures": stats.failures,
         "ranker/failure_rate": _ratio(stats.failures, stats.prompts),
+        "ranker/late": stats.late,
         "ranker/requests": stats.requests,
         "ranker/cache_hits": stats.cache_hits,
         "ranker/prompt_tokens": stats.prompt_tokens,
