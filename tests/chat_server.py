@@ -15,7 +15,7 @@ In tests, the ``chat_server`` fixture of ``conftest.py`` starts one per call and
 at teardown: ``server = chat_server(handler)``.
 
 Replies: ``Reply(content)`` answers; ``finish_reason="length"`` / ``"content_filter"``,
-``refusal="..."`` mimic cut or refused answers; ``status=429, headers={"Retry-After": "1"}``
+``refusal="..."`` mimic cut or refused answers; ``raw_body`` is sent instead of a completion; ``status=429, headers={"Retry-After": "1"}``
 or ``status=500`` fail (with ``error_body`` as the JSON body); ``delay`` sleeps before
 answering; ``hang=True`` never answers (until the server stops), for client timeouts;
 ``trickle_s=30`` sends the answer one byte at a time spread over 30 s (``server.disconnects``
@@ -51,6 +51,7 @@ class Reply:
     delay: float = 0.0  # seconds before answering
     hang: bool = False  # never answer: the client times out (released when the server stops)
     trickle_s: float = 0.0  # send the body one byte at a time, spread over this many seconds
+    raw_body: str | None = None  # sent as it is instead of a completion (a malformed body)
     refusal: str | None = None
     error_body: dict[str, Any] | None = None
     prompt_tokens: int | None = None  # default: characters / 4 of the messages
@@ -142,7 +143,8 @@ class ChatServer:
                     }
                 else:
                     payload = completion(body, reply)
-                data = _with_key(json.dumps(payload), self.headers).encode()
+                text = json.dumps(payload) if reply.raw_body is None else reply.raw_body
+                data = _with_key(text, self.headers).encode()
                 sent = 0
                 try:
                     self.send_response(reply.status)

@@ -536,3 +536,134 @@ def test_deadline_covers_every_attempt_repair_backoff_wave_and_rate_limit():
         requests_per_minute=60,
     )  # fmt: skip
     assert limited.deadline_s(3) == pytest.approx(2 * 2.0 + 3 * 1.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"budget_requests": -1}, "budget_requests must be an integer >= 0"),
+        ({"budget_tokens": -5}, "budget_tokens must be an integer >= 0"),
+        ({"budget_requests": 2.5}, "budget_requests must be an integer"),
+        ({"timeout": 0}, "timeout must be a finite number of seconds > 0"),
+        ({"timeout": -1.0}, "timeout must be"),
+        ({"timeout": float("inf")}, "timeout must be"),
+        ({"max_tokens": 0}, "max_tokens must be an integer >= 1 or None"),
+        ({"max_tokens": -10}, "max_tokens must be"),
+        ({"backoff_base": -0.1}, "backoff_base must be a number of seconds >= 0"),
+        ({"backoff_max": -1.0}, "backoff_max must be"),
+        ({"max_retries": -1}, "max_retries must be an integer >= 0"),
+        ({"max_concurrency": 0}, "max_concurrency must be an integer >= 1"),
+    ],
+)
+def test_invalid_settings_are_rejected_at_construction(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        OpenAIRanker("judge", base_url="http://127.0.0.1:9/v1", cache_path=tmp_path / "c", **kwargs)
+    assert not (tmp_path / "c").exists()  # nothing was created for a ranker that cannot work
+
+
+def test_a_negative_retry_after_falls_back_to_the_backoff():
+    replies = [Reply(status=429, headers={"Retry-After": "-30"}), answer([1, 0])]
+    with ChatServer(lambda body, n: replies[min(n, 1)]) as server:
+        ranker = OpenAIRanker("judge", base_url=server.base_url, backoff_base=0.6)
+        ranker.template.shuffle = False
+        (result,) = ranker.rank(requests_for(["a", "b"]))
+        gap = server.requests[1].received - server.requests[0].received
+    assert result.ranking == [1, 0]
+    assert gap >= 0.25  # the backoff (0.3-0.6 s), not an immediate retry
+
+
+@pytest.mark.parametrize("body", ["not json at all", "{}", '{"choices": []}', "[1, 2]"])
+def test_a_malformed_200_body_is_retried_like_a_transport_failure(body):
+    replies = [Reply(raw_body=body), answer([1, 0])]
+    with ChatServer(lambda b, n: replies[min(n, 1)]) as server:
+        ranker = OpenAIRanker("judge", base_url=server.base_url, backoff_base=0.01)
+        ranker.template.shuffle = False
+        (result,) = ranker.rank(requests_for(["a", "b"]))
+    assert result.ranking == [1, 0] and ranker.usage.retries == 1
+    with ChatServer(lambda b, n: Reply(raw_body=body)) as server:
+        ranker = OpenAIRanker("judge", base_url=server.base_url, max_retries=2, backoff_base=0.01)
+        (result,) = ranker.rank(requests_for(["a", "b"]))
+        assert server.count == 3
+    assert result.error == "malformed after 3 attempts"
+    assert ranker.usage.failures == {"malformed": 1}
+
+
+def test_http_408_is_retried():
+    replies = [Reply(status=408), answer([1, 0])]
+    with ChatServer(lambda body, n: replies[min(n, 1)]) as server:
+        ranker = OpenAIRanker("judge", base_url=server.base_url, backoff_base=0.01)
+        ranker.template.shuffle = False
+        (result,) = ranker.rank(requests_for(["a", "b"]))
+        assert server.count == 2
+    assert result.ranking == [1, 0] and ranker.usage.retries == 1
+
+
+def test_identical_requests_in_flight_share_one_call():
+    with ChatServer(lambda body, n: Reply(answer([1, 0]).content, delay=0.3)) as server:
+        ranker = OpenAIRanker("judge", base_url=server.base_url)
+        ranker.template.shuffle = False
+        same = RankRequest("the same prompt", ["a", "b"])
+        results = ranker.rank([same, same, same, RankRequest("another", ["a", "b"])])
+        assert server.count == 2  # one call for the three identical requests
+    assert [r.ranking for r in results] == [[1, 0]] * 4
+    assert ranker.usage.requests == 2 and ranker.usage.cache_hits == 2
+    assert not ranker._inflight  # nothing left behind
+
+
+def test_temperature_0_and_0_0_are_one_cached_request(tmp_path):
+    cache = tmp_path / "answers.sqlite"
+    with ChatServer(by_length) as server:
+        for temperature in (0, 0.0):
+            ranker = OpenAIRanker(
+                "judge", base_url=server.base_url, cache_path=cache, temperature=temperature
+            )
+            ranker.rank(requests_for(["aa", "a"]))
+            ranker.close()
+        assert server.count == 1
+
+
+def test_a_budget_without_a_cache_file_warns_what_a_kill_costs(caplog):
+    with caplog.at_level(logging.WARNING):
+        OpenAIRanker("judge", base_url="http://127.0.0.1:9/v1", budget_requests=10)
+    assert "can overspend by what was paid after its last checkpoint" in caplog.text
+
+
+def test_the_spend_ledger_in_the_cache_file_outlives_the_ranker(tmp_path):
+    cache = tmp_path / "answers.sqlite"
+    with ChatServer(by_length) as server:
+        first = OpenAIRanker("judge", base_url=server.base_url, cache_path=cache, budget_requests=5)
+        first.rank(requests_for(*[[f"a{i}", "b"] for i in range(3)]))
+        first.close()
+        # A new process (or a resume from an older checkpoint) starts from what was spent.
+        second = OpenAIRanker(
+            "judge", base_url=server.base_url, cache_path=cache, budget_requests=5
+        )
+        second.load_state_dict({"budget": {"requests": 1, "tokens": 0}})  # an older record
+        results = second.rank(requests_for(*[[f"c{i}", "d"] for i in range(4)]))
+        assert server.count == 5
+        other_job = OpenAIRanker(
+            "judge", base_url=server.base_url, cache_path=cache, budget_requests=1,
+            budget_scope="another job",
+        )  # fmt: skip
+        other_job.rank(requests_for(["e", "ff"]))
+        assert server.count == 6
+    assert [r.error for r in results].count("budget exhausted") == 2
+    assert second.budget.requests == 5 and second.state_dict()["budget"]["requests"] == 5
+
+
+def test_an_empty_cache_that_the_checkpoint_says_held_answers_warns(tmp_path, caplog):
+    cache = tmp_path / "answers.sqlite"
+    with ChatServer(by_length) as server:
+        ranker = OpenAIRanker("judge", base_url=server.base_url, cache_path=cache)
+        ranker.rank(requests_for(["aa", "a"], ["b", "bb"]))
+        state = ranker.state_dict()
+        ranker.close()
+    assert state["cache"] == {"answers": 2}
+    for suffix in ("", "-wal", "-shm"):
+        path = tmp_path / f"answers.sqlite{suffix}"
+        if path.exists():
+            path.write_bytes(b"")  # truncated to 0 bytes
+    fresh = OpenAIRanker("judge", base_url="http://127.0.0.1:9/v1", cache_path=cache)
+    with caplog.at_level(logging.WARNING):
+        fresh.load_state_dict(state)
+    assert "holds 0 answers, but the checkpoint recorded 2" in caplog.text

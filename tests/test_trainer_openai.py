@@ -17,7 +17,7 @@ from helpers import build_tiny_model
 PROMPTS = [ALL_PROMPTS[i] for i in (0, 1, 3, 5)]
 
 
-def make_trainer(tmp_path, tokenizer, ranker, **overrides):
+def make_trainer(tmp_path, tokenizer, ranker, prompts=PROMPTS, **overrides):
     settings = dict(
         output_dir=str(tmp_path),
         per_device_train_batch_size=4,
@@ -34,7 +34,7 @@ def make_trainer(tmp_path, tokenizer, ranker, **overrides):
     return CycleAlignTrainer(
         build_tiny_model(tokenizer),
         args,
-        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        train_dataset=Dataset.from_dict({"prompt": list(prompts)}),
         processing_class=tokenizer,
         ranker=ranker,
     )
@@ -230,3 +230,52 @@ def test_a_round_ends_at_its_deadline_and_the_late_answer_is_cached_for_a_rerun(
     assert logged["cycle/updates"] == 1  # trained on the three rankings that came in time
     again = rerun.state.log_history[0]
     assert again["ranker/late"] == 0 and again["ranker/cache_hits"] == len(PROMPTS)
+
+
+def test_a_bad_row_is_reported_at_construction_before_any_request(tmp_path, tiny_tokenizer, caplog):
+    prompts = [ALL_PROMPTS[i % len(ALL_PROMPTS)] for i in range(120)]
+    prompts[100] = None
+    with ChatServer(rank_by(len)) as server:
+        ranker = OpenAIRanker("judge", base_url=server.base_url)
+        with caplog.at_level("WARNING"):
+            trainer = CycleAlignTrainer(
+                build_tiny_model(tiny_tokenizer),
+                CycleAlignConfig(
+                    output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=3,
+                    max_completion_length=6, max_rounds=1, max_steps=1, report_to="none",
+                    save_strategy="no", use_cpu=True,
+                ),
+                train_dataset=Dataset.from_dict({"prompt": prompts}),
+                processing_class=tiny_tokenizer,
+                ranker=ranker,
+            )  # fmt: skip
+        assert server.count == 0  # reported before anything was sent
+        assert "1 of 120 rows dropped" in caplog.text and "row 100: None" in caplog.text
+        assert len(trainer.train_dataset) == 119
+        trainer.train()
+    summary = trainer.state.log_history[-1]
+    assert "train_runtime" in summary
+    assert summary["data/invalid_rows"] == 1 and summary["data/invalid_rows/no_prompt"] == 1
+
+
+def test_the_black_box_is_shown_the_truncated_conversation(tmp_path, tiny_tokenizer):
+    question = "How do I bake bread?"
+    huge = "hello world " * 8334 + question  # 100,000 characters and more
+    assert len(huge) > 100_000
+    with ChatServer(rank_by(len)) as server:
+        ranker = OpenAIRanker("judge", base_url=server.base_url)
+        prompts = [huge, *PROMPTS[1:]]
+        trainer = make_trainer(
+            tmp_path, tiny_tokenizer, ranker, prompts, max_prompt_length=32, round_log=True
+        )
+        trainer.train()
+        sent = [r.last_user_message for r in server.requests if question in r.last_user_message]
+    (task,) = sent
+    assert "### Instruction:\n[...] " in task  # marked where it was cut
+    assert len(task) < 2_000  # not the whole prompt
+    shown = task.split("### Responses:")[0]
+    assert shown.count("hello world") < 20
+    rows = [json.loads(line) for line in (tmp_path / "round_log.jsonl").open()]
+    (row,) = [r for r in rows if r["prompt"] == huge]
+    assert row["ranker_prompt"].startswith("[...]") and row["ranker_prompt"].endswith(question)
+    assert row["ranker_prompt"] in task

@@ -15,6 +15,7 @@ _CHOICES = {
     "ranker_failure_policy": ("skip", "whitebox"),
     "reward_from_ranking": ("linear", "scores"),
     "demonstration_selection": ("recent", "similar"),
+    "invalid_rows": ("drop", "error"),
 }
 
 
@@ -47,7 +48,15 @@ class CycleAlignConfig(TrainingArguments):
 
         max_prompt_length (`int` or `None`, *optional*, defaults to `256`):
             Prompts longer than this many tokens lose their oldest tokens (left truncation keeps
-            the end of the conversation, where the question is). `None` keeps everything.
+            the end of the conversation, where the question is). `None` keeps everything. The
+            black box is shown the same truncated conversation, with `[...]` where it was cut.
+        invalid_rows (`str`, *optional*, defaults to `"drop"`):
+            What to do with dataset rows whose prompt cannot be trained on (missing or `None`,
+            not a string or messages, empty, a message with an unknown role or without
+            content), found before anything is sent to the black box: `"drop"` them, with a
+            count per reason in the log and the end-of-run summary (`data/invalid_rows`), or
+            `"error"`: refuse the dataset, listing the first few. Map-style datasets are checked
+            when the trainer is built; iterable datasets as their rows are read.
         num_generations (`int`, *optional*, defaults to `4`):
             Responses sampled per prompt in each round. Identical samples of one prompt are
             collapsed, so a prompt may end up with fewer candidates.
@@ -195,6 +204,13 @@ class CycleAlignConfig(TrainingArguments):
     max_prompt_length: int | None = field(
         default=256,
         metadata={"help": "Prompts longer than this (tokens) are left-truncated. None: no limit."},
+    )
+    invalid_rows: str = field(
+        default="drop",
+        metadata={
+            "help": "Rows whose prompt cannot be trained on: 'drop' (and count them) or 'error'.",
+            "choices": list(_CHOICES["invalid_rows"]),
+        },
     )
     num_generations: int = field(
         default=4, metadata={"help": "Responses sampled per prompt per round."}

@@ -42,6 +42,7 @@ from typing import Any
 
 from ..agreement import PermutationError, check_permutation, is_permutation
 from .grammar import (
+    ANSWER_MARKER,
     Marker,
     Quotations,
     RequestText,
@@ -57,6 +58,8 @@ __all__ = [
     "parse_better_response",
     "parse_ranking",
     "parse_structured",
+    "read_answer",
+    "repair_request",
     "validate_ranking",
 ]
 
@@ -220,3 +223,49 @@ def parse_better_response(text: str, *, request: Request = None) -> str | None:
         return None
     better = text[markers[0].words_end :].lstrip(" \t*_")
     return better.strip() or None
+
+
+def read_answer(
+    answer: Mapping[str, Any], n: int, request: Request = None, structured: bool = False
+) -> list[int]:
+    """The ranking in a server's answer (``content``, ``refusal``, ``finish_reason``), in
+    displayed indices. With ``structured``, a JSON answer is expected, and an answer in the
+    text format (servers without schema support) is read too rather than paid for again."""
+    if answer.get("refusal"):
+        raise RankingParseError("refusal", "the model refused to rank")
+    finish_reason = answer.get("finish_reason")
+    content = str(answer.get("content") or "")
+    request = _request_text(request)
+    try:
+        if structured:
+            try:
+                return parse_structured(content, n, finish_reason)
+            except RankingParseError as err:
+                if err.kind != "missing":
+                    raise
+                try:
+                    return parse_ranking(content, n, finish_reason, request=request)
+                except RankingParseError:
+                    raise err from None
+        return parse_ranking(content, n, finish_reason, request=request)
+    except RankingParseError as err:
+        if finish_reason == "content_filter":
+            # The server's filter cut the answer: that is a refusal, whatever is left.
+            raise RankingParseError(
+                "refusal", f"the server's content filter stopped the answer ({err})"
+            ) from None
+        raise
+
+
+def repair_request(err: RankingParseError, n: int, structured: bool = False) -> str:
+    """The user turn of the one repair request: what was wrong and the format only."""
+    listing = ", ".join(str(i) for i in range(n))
+    if structured:
+        return (
+            f"Your answer could not be used: {err}. Reply with only a JSON object "
+            f'{{"ranking": [...]}} listing each of the numbers {listing} exactly once.'
+        )
+    return (
+        f"Your answer could not be used: {err}. Reply with only the line\n"
+        f"{ANSWER_MARKER} [...]\nlisting each of the numbers {listing} exactly once, best first."
+    )

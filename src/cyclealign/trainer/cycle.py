@@ -20,6 +20,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from trl.models.utils import unwrap_model_for_generation
 
 from ..config import CycleAlignConfig
+from ..data.rows import check_datasets, rows_summary
 from ..demonstrations import DemonstrationPool, select_demonstrations, share_agreements
 from ..logprobs import candidate_token_logps
 from ..prompts import PromptCollator, render_prompt
@@ -102,6 +103,11 @@ class CycleAlignTrainer(RankingTrainerBase):
                 f"FunctionRanker), got {type(ranker).__name__}."
             )
         self.ranker = ranker
+        # Checked before anything is paid for: bad rows never reach the black box.
+        policy = args.invalid_rows if isinstance(args, CycleAlignConfig) else "drop"
+        train_dataset, eval_dataset, self.row_reports = check_datasets(
+            train_dataset, eval_dataset, policy
+        )
         self._latest_samples: list[dict[str, Any]] = []
         callbacks = [*(callbacks or []), SampleTableCallback(lambda: self._latest_samples)]
         super().__init__(
@@ -177,15 +183,19 @@ class CycleAlignTrainer(RankingTrainerBase):
         the loss values recorded in the stats, and the sum of the counters over processes.
         """
         prompts = inputs["prompts"]
+        # What the white box sees after truncation: the black box ranks the same.
+        visible = inputs.get("visible_prompts", prompts)
         with self._metrics.timed("generate"):
             candidates = self._generate(model, inputs)
         usage_before = copy.deepcopy(self.ranker.usage)
-        pending = self._rank(prompts, candidates)  # in flight during the forward pass
+        pending = self._rank(visible, candidates)  # in flight during the forward pass
         with self._metrics.timed("forward"):
             scored = self._score(model, candidates, training)
         with self._metrics.timed("rank_wait"):
             results = pending.wait()
-        outcomes, stats = self._agree(prompts, candidates, scored, results, round_index, training)
+        outcomes, stats = self._agree(
+            prompts, visible, candidates, scored, results, round_index, training
+        )
         stats.set_spent(usage_before, self.ranker.usage)
         stats.late = pending.late
         return self._optimize(model, candidates, scored, outcomes, stats, round_index, training)
@@ -236,6 +246,7 @@ class CycleAlignTrainer(RankingTrainerBase):
     def _agree(
         self,
         prompts: list[Any],
+        visible: list[Any],
         candidates: Candidates,
         scored: _Scored,
         results: list[RankResult],
@@ -265,13 +276,16 @@ class CycleAlignTrainer(RankingTrainerBase):
                 result=result,
                 whitebox_ranking=o.whitebox_ranking,
                 agreement=o.agreement,
+                ranker_prompt=shown,
             )
-            for prompt, texts, result, o in zip(prompts, candidates.texts, results, outcomes)
+            for prompt, shown, texts, result, o in zip(
+                prompts, visible, candidates.texts, results, outcomes
+            )
         ]
         self._latest_samples = rows
         if training:
-            if args.use_dynamic_demonstrations:
-                share_agreements(self.pool, prompts, candidates.texts, outcomes)
+            if args.use_dynamic_demonstrations:  # as shown to the black box
+                share_agreements(self.pool, visible, candidates.texts, outcomes)
             if self._round_log is not None:
                 all_rows = gather_object(rows)
                 if self.accelerator.is_main_process:
@@ -372,6 +386,11 @@ class CycleAlignTrainer(RankingTrainerBase):
             metrics["ablation/dynamic_demonstrations"] = float(self.args.use_dynamic_demonstrations)
             metrics["ablation/static_demonstration"] = float(self.args.use_static_demonstration)
         return metrics
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "train_runtime" in logs:  # the end-of-run summary: rows dropped, per reason
+            logs = {**logs, **rows_summary(self.row_reports)}
+        super().log(logs, start_time)
 
     def _save_checkpoint(self, model, trial) -> None:
         folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"

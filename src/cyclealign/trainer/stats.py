@@ -45,6 +45,7 @@ class RoundStats:
     cache_hits: float = 0
     prompt_tokens: float = 0
     completion_tokens: float = 0
+    cache_repairs: float = 0
     responses: float = 0  # distinct sampled responses (the candidates)
     response_tokens: float = 0  # their tokens, EOS included
     clipped: float = 0  # those cut by max_completion_length (no EOS)
@@ -82,7 +83,13 @@ class RoundStats:
 
     def set_spent(self, before: Usage, after: Usage) -> None:
         """What the ranker spent this round: the difference of two copies of its ``usage``."""
-        for name in ("requests", "cache_hits", "prompt_tokens", "completion_tokens"):
+        for name in (
+            "requests",
+            "cache_hits",
+            "prompt_tokens",
+            "completion_tokens",
+            "cache_repairs",
+        ):
             setattr(self, name, getattr(after, name) - getattr(before, name))
 
     def add_loss(self, output: RankingLossOutput, contributing: int) -> None:
@@ -163,6 +170,7 @@ def stats_to_metrics(stats: RoundStats) -> dict[str, float]:
         "ranker/late": stats.late,
         "ranker/requests": stats.requests,
         "ranker/cache_hits": stats.cache_hits,
+        "ranker/cache_repairs": stats.cache_repairs,
         "ranker/prompt_tokens": stats.prompt_tokens,
         "ranker/completion_tokens": stats.completion_tokens,
         "ranker/better_responses": stats.better,
