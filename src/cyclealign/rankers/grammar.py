@@ -261,7 +261,10 @@ class Quotations:
 
     def __init__(self, answer: str, request: RequestText | None) -> None:
         self.request = request
-        self.folded, origin = _fold(answer) if request is not None else ("", [])
+        self.folded, self._at = "", []
+        if request is None:
+            return
+        self.folded, origin = _fold(answer)
         # position in the answer -> first folded character at or after it
         self._at = [len(self.folded)] * (len(answer) + 1)
         for k in range(len(origin) - 1, -1, -1):
