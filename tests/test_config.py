@@ -177,6 +177,8 @@ def test_sampling_fields_reach_generation_and_generation_kwargs_win(tmp_path):
         ({"ranking_loss_kwargs": {"bogus": 1}}, "cannot be built"),
         ({"generation_kwargs": "top_k=5"}, "JSON object string"),
         ({"generation_kwargs": "[1, 2]"}, "JSON object string"),
+        ({"ranking_deadline": 0}, "ranking_deadline must be a number of seconds > 0"),
+        ({"ranking_deadline": float("inf")}, "ranking_deadline must be"),
     ],
 )
 def test_validation_errors_say_how_to_fix(tmp_path, kwargs, message):

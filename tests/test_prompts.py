@@ -111,3 +111,30 @@ def test_tokenizer_without_pad_token_is_refused(plain_tokenizer):
     tokenizer.pad_token = None
     with pytest.raises(ValueError, match="no pad token"):
         PromptCollator(tokenizer)
+
+
+def test_the_visible_prompt_is_what_the_white_box_keeps(tiny_tokenizer, plain_tokenizer):
+    from cyclealign.prompts import TRUNCATION_MARKER, dialogue_text
+
+    chat = [
+        {"role": "user", "content": "hello world " * 40},
+        {"role": "assistant", "content": "apple banana cherry"},
+        {"role": "user", "content": "How do I bake bread?"},
+    ]
+    long_text = "one two three " * 60 + "What is the capital of France?"
+    for tokenizer in (tiny_tokenizer, plain_tokenizer):
+        collator = PromptCollator(tokenizer, max_prompt_length=24)
+        out = collator([{"prompt": chat}, {"prompt": long_text}, {"prompt": "hello"}])
+        cut_chat, cut_text, short = out["visible_prompts"]
+        assert out["prompts"][0] is chat and short == "hello"  # nothing cut: the prompt as is
+        kept = [tokenizer.decode(ids[mask.bool()]) for ids, mask in
+                zip(out["input_ids"], out["attention_mask"])]  # fmt: skip
+        # The same turns the white box kept, the marker where earlier text was cut.
+        assert [m["role"] for m in cut_chat] == [m["role"] for m in chat[-len(cut_chat) :]]
+        assert len(cut_chat) < len(chat) and cut_chat[-1]["content"].endswith(chat[-1]["content"])
+        assert cut_chat[0]["content"].startswith(TRUNCATION_MARKER)
+        tail = cut_chat[0]["content"].removeprefix(TRUNCATION_MARKER).strip()
+        assert not tail or tail in kept[0]
+        assert cut_text.startswith(TRUNCATION_MARKER) and cut_text.endswith("France?")
+        assert cut_text.removeprefix(TRUNCATION_MARKER).strip() in kept[1]
+        assert len(dialogue_text(cut_text)) < 200 < len(long_text)

@@ -15,6 +15,7 @@ _CHOICES = {
     "ranker_failure_policy": ("skip", "whitebox"),
     "reward_from_ranking": ("linear", "scores"),
     "demonstration_selection": ("recent", "similar"),
+    "invalid_rows": ("drop", "error"),
 }
 
 
@@ -50,7 +51,15 @@ class CycleAlignConfig(TrainingArguments):
 
         max_prompt_length (`int` or `None`, *optional*, defaults to `256`):
             Prompts longer than this many tokens lose their oldest tokens (left truncation keeps
-            the end of the conversation, where the question is). `None` keeps everything.
+            the end of the conversation, where the question is). `None` keeps everything. The
+            black box is shown the same truncated conversation, with `[...]` where it was cut.
+        invalid_rows (`str`, *optional*, defaults to `"drop"`):
+            What to do with dataset rows whose prompt cannot be trained on (missing or `None`,
+            not a string or messages, empty, a message with an unknown role or without
+            content), found before anything is sent to the black box: `"drop"` them, with a
+            count per reason in the log and the end-of-run summary (`data/invalid_rows`), or
+            `"error"`: refuse the dataset, listing the first few. Map-style datasets are checked
+            when the trainer is built; iterable datasets as their rows are read.
         num_generations (`int`, *optional*, defaults to `4`):
             Responses sampled per prompt in each round. Identical samples of one prompt are
             collapsed, so a prompt may end up with fewer candidates.
@@ -95,6 +104,14 @@ class CycleAlignConfig(TrainingArguments):
             How a ranking becomes rewards: `"linear"` gives ranks `n-1, ..., 0` best-first;
             `"scores"` uses the ranker's `scores` where it returns them (one finite value per
             response) and falls back to linear otherwise.
+        ranking_deadline (`float` or `None`, *optional*):
+            Seconds a round waits for the black box's rankings, counted from when they are sent.
+            Past it, the missing rankings count as failures for that round (`ranker/late`) and
+            training goes on. Nothing is cancelled: an answer that comes later is still cached
+            (it was paid for) and used by a re-run. `None`: the ranker's own bound
+            (`BlackBoxRanker.deadline_s`; for `OpenAIRanker`, every attempt of each request and
+            its repair running to `timeout`, with the backoffs, in waves of `max_concurrency`),
+            and no deadline for a ranker that gives none.
 
         > Parameters that control the demonstrations
 
@@ -214,6 +231,13 @@ class CycleAlignConfig(TrainingArguments):
         default=256,
         metadata={"help": "Prompts longer than this (tokens) are left-truncated. None: no limit."},
     )
+    invalid_rows: str = field(
+        default="drop",
+        metadata={
+            "help": "Rows whose prompt cannot be trained on: 'drop' (and count them) or 'error'.",
+            "choices": list(_CHOICES["invalid_rows"]),
+        },
+    )
     num_generations: int = field(
         default=4, metadata={"help": "Responses sampled per prompt per round."}
     )
@@ -271,6 +295,13 @@ class CycleAlignConfig(TrainingArguments):
         metadata={
             "help": "Rewards from a ranking: 'linear' (n-1..0) or 'scores' (the ranker's scores).",
             "choices": list(_CHOICES["reward_from_ranking"]),
+        },
+    )
+    ranking_deadline: float | None = field(
+        default=None,
+        metadata={
+            "help": "Seconds a round waits for its rankings; later ones fail for the round (and "
+            "are cached when they come). None: the ranker's own bound."
         },
     )
 
@@ -384,6 +415,16 @@ class CycleAlignConfig(TrainingArguments):
             raise ValueError(
                 f"CycleAlignConfig: repetition_penalty must be > 0, got "
                 f"{self.repetition_penalty}. Use 1.0 to disable it."
+            )
+        deadline = self.ranking_deadline
+        if deadline is not None and (
+            isinstance(deadline, bool)
+            or not isinstance(deadline, (int, float))
+            or not 0 < deadline < float("inf")
+        ):
+            raise ValueError(
+                f"CycleAlignConfig: ranking_deadline must be a number of seconds > 0 or None (the "
+                f"ranker's own bound), got {deadline!r}."
             )
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:

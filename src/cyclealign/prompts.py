@@ -7,6 +7,11 @@ or, without one, become the paper's LLaMA format ``"\n\nHuman: ...\n\nAssistant:
 black box is shown the conversation as plain dialogue lines, ``"Human: ..."`` /
 ``"Assistant: ..."`` (:func:`dialogue_text`). Local judge models render chats the same way as
 the white box (:func:`render_chat`). All three use :data:`ROLE_NAMES`.
+
+Both models see the same conversation: when :class:`PromptCollator` cuts a prompt to
+``max_prompt_length`` tokens, it also returns the prompt as the white box sees it
+(:func:`visible_prompt`): the same turns, the first one cut where the tokens were, with
+:data:`TRUNCATION_MARKER` where earlier text was cut. That is what the black box ranks.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ from .types import Prompt
 __all__ = [
     "HUMAN_ASSISTANT_FORMAT",
     "ROLE_NAMES",
+    "TRUNCATION_MARKER",
     "PromptCollator",
     "as_messages",
     "dialogue_text",
     "render_chat",
     "render_prompt",
     "role_name",
+    "visible_prompt",
 ]
 
 logger = logging.getLogger(__name__)
@@ -35,6 +42,9 @@ HUMAN_ASSISTANT_FORMAT = "\n\nHuman: {prompt}\n\nAssistant:"
 
 #: How chat roles are written in plain-text dialogue (HH-RLHF's speaker names).
 ROLE_NAMES = {"user": "Human", "assistant": "Assistant", "system": "System"}
+
+#: Put where the start of a prompt was cut (the black box is shown what the white box sees).
+TRUNCATION_MARKER = "[...]"
 
 
 def role_name(role: Any) -> str:
@@ -105,6 +115,44 @@ def render_prompt(
     return render_chat(messages, tokenizer, chat_template_kwargs=chat_template_kwargs)
 
 
+def visible_prompt(prompt: Prompt, rendered: str, cut: int) -> Prompt:
+    """``prompt`` as the white box sees it when ``rendered`` (its :func:`render_prompt` text)
+    is kept from character ``cut`` on: whole turns before the cut dropped, the turn the cut
+    falls in kept from there, :data:`TRUNCATION_MARKER` at the start of what is left.
+
+    ``prompt`` itself (not a copy) when nothing of it was cut, or when its text cannot be
+    found in ``rendered`` (a chat template that rewrites the content).
+    """
+    if cut <= 0:
+        return prompt
+    messages = as_messages(prompt)
+    if messages is None:
+        assert isinstance(prompt, str)
+        start = rendered.find(prompt)
+        if start < 0 or cut <= start:
+            return prompt
+        return f"{TRUNCATION_MARKER} {prompt[cut - start :].lstrip()}".rstrip()
+    spans, position = [], 0
+    for message in messages:
+        start = rendered.find(str(message["content"]), position)
+        if start < 0:
+            return prompt
+        position = start + len(str(message["content"]))
+        spans.append((start, position))
+    kept = [i for i, (_, end) in enumerate(spans) if end > cut]
+    if not kept:  # only template text is left: no turn is seen
+        return [{**messages[-1], "content": TRUNCATION_MARKER}]
+    first = kept[0]
+    start = spans[first][0]
+    if first == 0 and start >= cut:
+        return prompt  # only template text before the first turn was cut
+    content = str(messages[first]["content"])
+    tail = content[max(0, cut - start) :].lstrip()
+    shown = [dict(m) for m in messages[first:]]
+    shown[0]["content"] = f"{TRUNCATION_MARKER} {tail}".rstrip()
+    return shown
+
+
 class PromptCollator:
     """Collate rows with a ``prompt`` column for :class:`~cyclealign.CycleAlignTrainer`.
 
@@ -113,6 +161,8 @@ class PromptCollator:
     a Python list (``Trainer._prepare_inputs`` moves tensors and leaves lists alone), and
     ``columns``, each row's other columns as a dict (what reward functions receive as keyword
     lists, as in TRL).
+    ``visible_prompts``, each prompt as the white box sees it after truncation
+    (:func:`visible_prompt`; the raw prompt when nothing was cut).
 
     Chat-template text is tokenized without extra special tokens (the template writes them);
     raw text and the Human/Assistant format get the tokenizer's usual ones (a BOS for LLaMA).
@@ -149,7 +199,7 @@ class PromptCollator:
             prompts.append(row["prompt"])
             columns.append({k: v for k, v in row.items() if k != "prompt"})
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
-        ids = []
+        ids, visible = [], []
         for prompt in prompts:
             text = render_prompt(prompt, self.tokenizer, self.chat_template_kwargs)
             is_string = isinstance(prompt, str)
@@ -163,9 +213,11 @@ class PromptCollator:
                 )
             special = is_string or not has_template  # a template writes its special tokens
             tokens = self.tokenizer(text, add_special_tokens=special)["input_ids"]
-            if self.max_prompt_length is not None:
+            if self.max_prompt_length is not None and len(tokens) > self.max_prompt_length:
                 tokens = tokens[-self.max_prompt_length :]
+                prompt = visible_prompt(prompt, text, self._cut(text, tokens, special))
             ids.append(tokens)
+            visible.append(prompt)
         width = max(len(t) for t in ids)
         if width == 0:
             raise ValueError("PromptCollator: every prompt in the batch tokenized to nothing.")
@@ -180,4 +232,18 @@ class PromptCollator:
             "attention_mask": attention_mask,
             "prompts": prompts,
             "columns": columns,
+            "visible_prompts": visible,
         }
+
+    def _cut(self, text: str, kept: list[int], add_special: bool) -> int:
+        """Where in ``text`` the ``kept`` (last) tokens begin."""
+        if getattr(self.tokenizer, "is_fast", False):
+            encoded = self.tokenizer(
+                text, add_special_tokens=add_special, return_offsets_mapping=True
+            )
+            offsets = encoded["offset_mapping"][-len(kept) :]
+            starts = [start for start, end in offsets if end > start]
+            if starts:
+                return starts[0]
+        tail = self.tokenizer.decode(kept, skip_special_tokens=True)
+        return max(0, len(text) - len(tail))

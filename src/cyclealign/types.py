@@ -119,6 +119,7 @@ class Usage:
     failures: Counter[str] = field(default_factory=Counter)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cache_repairs: int = 0  # cached answers that could not be read, so were asked again
 
     @property
     def total_failures(self) -> int:
@@ -136,6 +137,7 @@ class Usage:
         self.failures.update(other.failures)
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
+        self.cache_repairs += other.cache_repairs
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -145,6 +147,7 @@ class Usage:
             "failures": dict(self.failures),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "cache_repairs": self.cache_repairs,
         }
 
     @classmethod

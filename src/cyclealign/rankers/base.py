@@ -82,6 +82,20 @@ class BlackBoxRanker:
             return _submit_coroutine(self.arank(requests))
         return _submit_coroutine(asyncio.to_thread(type(self).rank, self, requests))
 
+    def submit_each(
+        self, requests: Sequence[RankRequest]
+    ) -> list[concurrent.futures.Future[RankResult]] | None:
+        """One future per request, for rankers that answer requests one by one (a round
+        deadline then keeps the answers that came in time). ``None`` (the default): the
+        trainer uses :meth:`submit`, and a deadline fails the whole batch."""
+        return None
+
+    def deadline_s(self, num_requests: int) -> float | None:
+        """The longest ``num_requests`` requests submitted together may take, retries
+        included: the trainer's default round deadline. ``None`` (the default): no deadline
+        unless ``CycleAlignConfig.ranking_deadline`` sets one."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """What to store in a checkpoint (never secrets)."""
         return {"usage": self.usage.as_dict()}

@@ -20,6 +20,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from trl.models.utils import unwrap_model_for_generation
 
 from ..config import CycleAlignConfig
+from ..data.rows import check_datasets, rows_summary
 from ..demonstrations import DemonstrationPool, select_demonstrations, share_agreements
 from ..logprobs import candidate_token_logps
 from ..prompts import PromptCollator, render_prompt
@@ -106,6 +107,11 @@ class CycleAlignTrainer(RankingTrainerBase):
                 f"FunctionRanker), got {type(ranker).__name__}."
             )
         self.ranker = ranker
+        # Checked before anything is paid for: bad rows never reach the black box.
+        policy = args.invalid_rows if isinstance(args, CycleAlignConfig) else "drop"
+        train_dataset, eval_dataset, self.row_reports = check_datasets(
+            train_dataset, eval_dataset, policy
+        )
         self._completion_rows: list[dict[str, Any]] = []  # the latest step's rounds
         super().__init__(
             model,
@@ -183,16 +189,21 @@ class CycleAlignTrainer(RankingTrainerBase):
         the loss values recorded in the stats, and the sum of the counters over processes.
         """
         prompts = inputs["prompts"]
+        # What the white box sees after truncation: the black box ranks the same.
+        visible = inputs.get("visible_prompts", prompts)
         with self._metrics.timed("generate"):
             candidates = self._generate(model, inputs)
         usage_before = copy.deepcopy(self.ranker.usage)
-        pending = self._rank(prompts, candidates, inputs.get("columns"))  # in flight meanwhile
+        pending = self._rank(visible, candidates, inputs.get("columns"))  # in flight meanwhile
         with self._metrics.timed("forward"):
             scored = self._score(model, candidates, training)
         with self._metrics.timed("rank_wait"):
             results = pending.wait()
-        outcomes, stats = self._agree(prompts, candidates, scored, results, round_index, training)
+        outcomes, stats = self._agree(
+            prompts, visible, candidates, scored, results, round_index, training
+        )
         stats.set_spent(usage_before, self.ranker.usage)
+        stats.late = pending.late
         return self._optimize(model, candidates, scored, outcomes, stats, round_index, training)
 
     def _generate(self, model: torch.nn.Module, inputs: dict[str, Any]) -> Candidates:
@@ -232,7 +243,10 @@ class CycleAlignTrainer(RankingTrainerBase):
             )
         ]
         self.ranker.trainer_state = self.state  # reward functions get it, as in TRL
-        return PendingRanking(self.ranker, requests)
+        deadline = self.args.ranking_deadline
+        if deadline is None:
+            deadline = self.ranker.deadline_s(len(requests))
+        return PendingRanking(self.ranker, requests, deadline)
 
     def _score(self, model: torch.nn.Module, candidates: Candidates, training: bool) -> _Scored:
         """The white box's log-probs of every candidate and its own ranking of them."""
@@ -251,6 +265,7 @@ class CycleAlignTrainer(RankingTrainerBase):
     def _agree(
         self,
         prompts: list[Any],
+        visible: list[Any],
         candidates: Candidates,
         scored: _Scored,
         results: list[RankResult],
@@ -282,12 +297,15 @@ class CycleAlignTrainer(RankingTrainerBase):
                 result=result,
                 whitebox_ranking=o.whitebox_ranking,
                 agreement=o.agreement,
+                ranker_prompt=shown,
             )
-            for prompt, texts, result, o in zip(prompts, candidates.texts, results, outcomes)
+            for prompt, shown, texts, result, o in zip(
+                prompts, visible, candidates.texts, results, outcomes
+            )
         ]
         if training:
-            if args.use_dynamic_demonstrations:
-                share_agreements(self.pool, prompts, candidates.texts, outcomes)
+            if args.use_dynamic_demonstrations:  # as shown to the black box
+                share_agreements(self.pool, visible, candidates.texts, outcomes)
             if self._round_log is not None or args.log_completions:
                 all_rows = gather_object(rows)
                 if self.accelerator.is_main_process:
@@ -386,6 +404,8 @@ class CycleAlignTrainer(RankingTrainerBase):
     # -- logging, checkpoints ------------------------------------------------------------------
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "train_runtime" in logs:  # the end-of-run summary: rows dropped, per reason
+            logs = {**logs, **rows_summary(self.row_reports)}
         training = self.model.training
         super().log(logs, start_time)
         if training and self.args.log_completions and self.accelerator.is_main_process:

@@ -33,6 +33,7 @@ class RoundStats:
     prompts: float = 0  # prompts in the batch
     ranked: float = 0  # prompts with a valid black-box ranking
     failures: float = 0  # prompts whose ranking failed
+    late: float = 0  # of those, rankings with no answer within the round deadline
     usable: float = 0  # prompts with a training target and two candidates or more
     not_full: float = 0  # prompts whose two rankings do not agree fully (failures included)
     better: float = 0  # better responses returned and used
@@ -44,6 +45,7 @@ class RoundStats:
     cache_hits: float = 0
     prompt_tokens: float = 0
     completion_tokens: float = 0
+    cache_repairs: float = 0
     responses: float = 0  # distinct sampled responses (the candidates)
     response_tokens: float = 0  # their tokens, EOS included
     clipped: float = 0  # those cut by max_completion_length (no EOS)
@@ -81,7 +83,13 @@ class RoundStats:
 
     def set_spent(self, before: Usage, after: Usage) -> None:
         """What the ranker spent this round: the difference of two copies of its ``usage``."""
-        for name in ("requests", "cache_hits", "prompt_tokens", "completion_tokens"):
+        for name in (
+            "requests",
+            "cache_hits",
+            "prompt_tokens",
+            "completion_tokens",
+            "cache_repairs",
+        ):
             setattr(self, name, getattr(after, name) - getattr(before, name))
 
     def add_loss(self, output: RankingLossOutput, contributing: int) -> None:
@@ -159,8 +167,10 @@ def stats_to_metrics(stats: RoundStats) -> dict[str, float]:
         "agreement/kendall_tau": _ratio(stats.tau_sum, stats.tau_count),
         "ranker/failures": stats.failures,
         "ranker/failure_rate": _ratio(stats.failures, stats.prompts),
+        "ranker/late": stats.late,
         "ranker/requests": stats.requests,
         "ranker/cache_hits": stats.cache_hits,
+        "ranker/cache_repairs": stats.cache_repairs,
         "ranker/prompt_tokens": stats.prompt_tokens,
         "ranker/completion_tokens": stats.completion_tokens,
         "ranker/better_responses": stats.better,
