@@ -31,6 +31,8 @@ def test_defaults(tmp_path):
     assert args.use_dynamic_demonstrations and args.use_static_demonstration
     assert args.remove_unused_columns is False and args.logging_steps == 1
     assert args.gradient_accumulation_steps == 1 and args.round_log is False
+    assert args.stop_strings is None
+    assert args.demonstration_max_tokens == 4096 and args.max_demonstrations is None
 
 
 def test_every_own_field_is_documented_and_has_help():
@@ -155,6 +157,14 @@ def test_sampling_fields_reach_generation_and_generation_kwargs_win(tmp_path):
         ({"ranking_loss_kwargs": {"bogus": 1}}, "cannot be built"),
         ({"generation_kwargs": "top_k=5"}, "JSON object string"),
         ({"generation_kwargs": "[1, 2]"}, "JSON object string"),
+        ({"stop_strings": "Human:"}, r"list of non-empty strings such as \['Human:'"),
+        ({"stop_strings": ["Human:", ""]}, "list of non-empty strings"),
+        ({"demonstration_max_tokens": 0}, "demonstration_max_tokens must be an integer >= 1"),
+        ({"max_demonstrations": -1}, "max_demonstrations must be an integer >= 0"),
+        (
+            {"demonstration_max_tokens": None, "max_demonstrations": None},
+            "whole demonstration pool.*Set a token budget",
+        ),
     ],
 )
 def test_validation_errors_say_how_to_fix(tmp_path, kwargs, message):

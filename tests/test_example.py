@@ -158,3 +158,28 @@ def test_offline_baseline_config_runs(tiny_model_dir, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert any("loss/rank" in h for h in report["log_history"])
     assert report["summary"]["global_step"] == 2
+
+
+def test_raw_format_models_get_the_official_stop_strings(tmp_path):
+    sys.path.insert(0, str(EXAMPLE.parent))
+    try:
+        import hh_rlhf
+    finally:
+        sys.path.remove(str(EXAMPLE.parent))
+    from cyclealign import CycleAlignConfig
+    from cyclealign.data.hh_rlhf import HH_RLHF_STOP_STRINGS
+    from helpers import build_tiny_tokenizer
+
+    def stops(chat_template, **config):
+        args = CycleAlignConfig(output_dir=str(tmp_path), **config)
+        hh_rlhf.set_stop_strings(args, build_tiny_tokenizer(chat_template=chat_template))
+        return args.stop_strings
+
+    # PRO's `early_truncation` list.
+    assert HH_RLHF_STOP_STRINGS == ("Human:", "human:", "Assistant:", "assistant:")
+    assert stops(chat_template=False) == list(HH_RLHF_STOP_STRINGS)
+    assert stops(chat_template=True) is None  # a chat template ends turns with its EOS
+    assert stops(chat_template=False, stop_strings=["###"]) == ["###"]  # the user's choice
+    assert stops(chat_template=False, generation_kwargs={"stop_strings": ["x"]}) is None
+    script = hh_rlhf.ScriptArguments(ranker_template="paper")
+    assert hh_rlhf.ranking_template(script).answer_suffix == "."

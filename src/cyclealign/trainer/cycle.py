@@ -187,6 +187,7 @@ class CycleAlignTrainer(RankingTrainerBase):
             results = pending.wait()
         outcomes, stats = self._agree(prompts, candidates, scored, results, round_index, training)
         stats.set_spent(usage_before, self.ranker.usage)
+        stats.demonstrations = sum(len(r.demonstrations) for r in pending.requests)
         return self._optimize(model, candidates, scored, outcomes, stats, round_index, training)
 
     def _generate(self, model: torch.nn.Module, inputs: dict[str, Any]) -> Candidates:
@@ -209,8 +210,9 @@ class CycleAlignTrainer(RankingTrainerBase):
 
     def _rank(self, prompts: list[Any], candidates: Candidates) -> PendingRanking:
         """Send every prompt's candidates, with its demonstrations, to the black box."""
+        count = self.ranker.demonstration_tokens
         requests = [
-            RankRequest(prompt, texts, select_demonstrations(self.pool, prompt, self.args))
+            RankRequest(prompt, texts, select_demonstrations(self.pool, prompt, self.args, count))
             for prompt, texts in zip(prompts, candidates.texts)
         ]
         return PendingRanking(self.ranker, requests)
