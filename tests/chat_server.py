@@ -237,11 +237,19 @@ def completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
 
 
 _RESPONSE = re.compile(r"<response id=(\d+)>\n(.*?)\n</response id=\1>", re.S)
+# The paper's layout (RankingTemplate.paper()): "# Response-k. text" up to the next mark.
+_PAPER_RESPONSE = re.compile(r"^# Response-(\d+)\. (.*?)(?=\n# Response-\d+\. |\Z)", re.S | re.M)
 
 
 def shown_responses(user_message: str) -> list[str]:
-    """The responses of a ranking prompt's task, in display order."""
-    return [text for _, text in _RESPONSE.findall(user_message)]
+    """The responses of a ranking prompt's task, in display order (either template)."""
+    tagged = [text for _, text in _RESPONSE.findall(user_message)]
+    if tagged or "\n# Response-0. " not in user_message:
+        return tagged
+    listing = user_message.split("### Responses:\n", 1)[-1]
+    # What the template appends after the last response (a better response, JSON asked for).
+    listing = re.split(r"\n(?=After the ranking line, |Answer with only a JSON object)", listing)[0]
+    return [text for _, text in _PAPER_RESPONSE.findall(listing)]
 
 
 def rank_by(key: Callable[[str], float]) -> Handler:

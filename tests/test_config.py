@@ -36,6 +36,8 @@ def test_defaults(tmp_path):
     assert args.round_log is False and args.log_completions is False
     assert args.num_completions_to_print is None and args.chat_template_kwargs is None
     assert args.trust_remote_code is False
+    assert args.stop_strings is None
+    assert args.demonstration_max_tokens == 4096 and args.max_demonstrations is None
 
 
 def test_defaults_shared_with_grpo_are_grpos_unless_documented(tmp_path):
@@ -179,6 +181,14 @@ def test_sampling_fields_reach_generation_and_generation_kwargs_win(tmp_path):
         ({"generation_kwargs": "[1, 2]"}, "JSON object string"),
         ({"ranking_deadline": 0}, "ranking_deadline must be a number of seconds > 0"),
         ({"ranking_deadline": float("inf")}, "ranking_deadline must be"),
+        ({"stop_strings": "Human:"}, r"list of non-empty strings such as \['Human:'"),
+        ({"stop_strings": ["Human:", ""]}, "list of non-empty strings"),
+        ({"demonstration_max_tokens": 0}, "demonstration_max_tokens must be an integer >= 1"),
+        ({"max_demonstrations": -1}, "max_demonstrations must be an integer >= 0"),
+        (
+            {"demonstration_max_tokens": None, "max_demonstrations": None},
+            "whole demonstration pool.*Set a token budget",
+        ),
     ],
 )
 def test_validation_errors_say_how_to_fix(tmp_path, kwargs, message):

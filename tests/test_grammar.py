@@ -115,7 +115,8 @@ def ranked_request(draw):
         demos.append(Demonstration(prompt, demo_responses, draw(st.permutations(range(n)))))
     structured = draw(st.booleans())
     better = draw(st.booleans())
-    messages, _ = RankingTemplate().build_messages(
+    template = draw(st.sampled_from([RankingTemplate(), RankingTemplate.paper()]))
+    messages, _ = template.build_messages(
         RankRequest(prompt, responses, demos),
         seed=draw(st.integers(0, 3)),
         request_better_response=better,

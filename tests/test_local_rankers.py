@@ -180,3 +180,25 @@ def test_cached_prefix_scoring_equals_a_full_forward(chat_ranker, tiny_tokenizer
     assert chat_ranker.score_continuations(longer, texts) == pytest.approx(
         chat_ranker.score_continuations(torch.cat([prefix, more], dim=1), texts), abs=1e-5
     )
+
+
+@pytest.mark.parametrize("n", [3, 6])
+def test_local_chat_ranker_answers_in_the_paper_template_form(chat_model, tiny_tokenizer, n):
+    from cyclealign.rankers.prompt import RankingTemplate
+
+    ranker = LocalChatRanker(chat_model, tiny_tokenizer, template=RankingTemplate.paper())
+    scored = []
+    original = ranker.score_continuations
+
+    def recording(prefix, texts):
+        scored.extend(texts)
+        return original(prefix, texts)
+
+    ranker.score_continuations = recording
+    request = RankRequest("pick one", [f"option {c}" for c in "abcdef"[:n]])
+    (result,) = ranker.rank([request])
+    assert is_permutation(result.ranking, n)
+    # Every complete answer it scored, and the one it gave, ends as the paper's does: "].".
+    assert result.raw_text.startswith("### The desired ranking is: [")
+    assert result.raw_text.endswith("].")
+    assert all(t.endswith("].") for t in scored if "]" in t) and any("]" in t for t in scored)

@@ -99,3 +99,24 @@ def test_unknown_keys_and_a_missing_model_are_errors(tmp_path):
     script, args, model_args = make_parser().parse_args_and_config(["--output_dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="--model_name_or_path"):
         build_trainer(script, args, model_args)
+
+
+def test_raw_format_models_get_the_official_stop_strings(tmp_path):
+    from cyclealign import CycleAlignConfig
+    from cyclealign.data.hh_rlhf import HH_RLHF_STOP_STRINGS
+    from cyclealign.scripts import train as hh_rlhf
+    from helpers import build_tiny_tokenizer
+
+    def stops(chat_template, **config):
+        args = CycleAlignConfig(output_dir=str(tmp_path), **config)
+        hh_rlhf.set_stop_strings(args, build_tiny_tokenizer(chat_template=chat_template))
+        return args.stop_strings
+
+    # PRO's `early_truncation` list.
+    assert HH_RLHF_STOP_STRINGS == ("Human:", "human:", "Assistant:", "assistant:")
+    assert stops(chat_template=False) == list(HH_RLHF_STOP_STRINGS)
+    assert stops(chat_template=True) is None  # a chat template ends turns with its EOS
+    assert stops(chat_template=False, stop_strings=["###"]) == ["###"]  # the user's choice
+    assert stops(chat_template=False, generation_kwargs={"stop_strings": ["x"]}) is None
+    script = hh_rlhf.ScriptArguments(ranker_template="paper")
+    assert hh_rlhf.ranking_template(script).answer_suffix == "."

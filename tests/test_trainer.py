@@ -719,3 +719,60 @@ def test_dropout_is_disabled_unless_asked_to_keep_it(tmp_path, disable):
     )
     rates = {layer.self_attn.attention_dropout for layer in trainer.model.model.layers}
     assert rates == ({0.0} if disable else {0.25})
+
+
+class PartlyAgrees(WhiteboxEcho):
+    """The white-box ranking with its last two swapped: the agreement is all but one."""
+
+    def __init__(self):
+        super().__init__(disagree_rounds=0)
+        self.requests = []
+
+    def rank(self, requests):
+        self.requests.extend(requests)
+        whitebox = self.tap.wait()
+        return [RankResult(w[:-2] + w[-2:][::-1]) for w in whitebox]
+
+
+def test_demonstrations_grow_round_by_round_at_the_defaults(tmp_path):
+    ranker = PartlyAgrees()
+    trainer = make_trainer(
+        tmp_path,
+        ranker,
+        max_steps=1,
+        max_rounds=5,
+        per_device_train_batch_size=1,
+        stop_on_full_agreement=False,
+        max_completion_length=8,
+    )
+    args = trainer.args
+    assert args.max_demonstrations is None and args.demonstration_max_tokens == 4096
+    ranker.attach(trainer)
+    trainer.train()
+    assert all(len(r.responses) >= 3 for r in ranker.requests)  # so each round adds one
+    # Each round's agreement on this prompt joins the next requests, the newest last.
+    assert [len(r.demonstrations) for r in ranker.requests] == [0, 1, 2, 3, 4]
+    for earlier, later in zip(ranker.requests, ranker.requests[1:]):
+        assert later.demonstrations[:-1] == earlier.demonstrations
+        assert later.demonstrations[-1].prompt == earlier.prompt
+    assert logged(trainer, "demos/per_request") == [2.0]  # (0 + 1 + 2 + 3 + 4) / 5
+    # The budget bounds them: with room for about two, every request stays within it.
+    tokens = [ranker.demonstration_tokens(d) for d in ranker.requests[-1].demonstrations]
+    budget = max(tokens) * 2
+    small = PartlyAgrees()
+    capped = make_trainer(
+        tmp_path / "capped",
+        small,
+        max_steps=1,
+        max_rounds=5,
+        per_device_train_batch_size=1,
+        stop_on_full_agreement=False,
+        max_completion_length=8,
+        demonstration_max_tokens=budget,
+    )
+    small.attach(capped)
+    capped.train()
+    counts = [len(r.demonstrations) for r in small.requests]
+    assert counts[:3] == [0, 1, 2] and counts[-1] < 4
+    for request in small.requests:
+        assert sum(small.demonstration_tokens(d) for d in request.demonstrations) <= budget

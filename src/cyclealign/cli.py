@@ -48,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--num_samples", type=int, default=100, help="Prompts, even per subset.")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--max_completion_length", type=int, default=128)
+    ev.add_argument(
+        "--stop_strings",
+        nargs="*",
+        default=None,
+        help="Answers end before the first of these, as in training (e.g. Human: Assistant: "
+        "for a model without a chat template).",
+    )
     ev.add_argument("--batch_size", type=int, default=8)
     ev.add_argument("--reward_model", default=None, help="AutoModelForSequenceClassification.")
     ev.add_argument("--judge_model", default=None, help="Judge model name on the server.")

@@ -78,6 +78,13 @@ class CycleAlignConfig(TrainingArguments):
         repetition_penalty (`float`, *optional*, defaults to `1.0`):
             Penalty (> 0) for tokens already in the prompt or the response so far: above `1.0`
             encourages new tokens, below `1.0` repetition. `1.0` disables it.
+        stop_strings (`list[str]` or `None`, *optional*):
+            A response ends before the first of these strings (transformers' `stop_strings`;
+            `generation_kwargs={"stop_strings": [...]}` works too). It counts as finished: it
+            gets the EOS that a response which ended by itself scores. For prompts in
+            HH-RLHF's raw `Human:`/`Assistant:` format, PRO's list
+            (`cyclealign.data.hh_rlhf.HH_RLHF_STOP_STRINGS`) stops a base model from writing
+            the next turns itself. `None`: none.
         generation_kwargs (`dict[str, Any]` or `str`, *optional*):
             Extra [`~transformers.GenerationConfig`] fields. Where one names a parameter above
             (`top_k`, `min_p`, ...), it overrides that parameter, as in TRL.
@@ -123,16 +130,22 @@ class CycleAlignConfig(TrainingArguments):
             replace the ranker's `template` (a `RankingTemplate`, as `OpenAIRanker` and
             `LocalChatRanker` have) with a copy without it; other rankers get a warning. Both
             switches `False` is the paper's "w/o ICL" (the bare instruction).
-        max_demonstrations (`int`, *optional*, defaults to `2`):
-            Dynamic demonstrations sent with each ranking request.
+        demonstration_max_tokens (`int` or `None`, *optional*, defaults to `4096`):
+            Prompt-token budget of the dynamic demonstrations sent with one ranking request: as
+            many as fit are sent, the most relevant first (the agreements of earlier rounds on
+            the same prompt, then by `demonstration_selection`), so the prompt grows with the
+            pool, as in the paper, and stays bounded. Counted with the ranker's tokenizer where
+            it has one (`LocalChatRanker`), otherwise estimated at 4 characters a token. 4096
+            holds at least four demonstrations of 4 responses of 128 tokens with prompts of 384
+            tokens (the reproduction settings). `None`: no budget (then set
+            `max_demonstrations`).
+        max_demonstrations (`int` or `None`, *optional*):
+            At most this many dynamic demonstrations per request, within the token budget.
+            `None`: no cap.
         demonstration_selection (`str`, *optional*, defaults to `"recent"`):
-            Which pool entries to show: `"recent"` or `"similar"` (closest prompts).
+            Which pool entries to show first: `"recent"` or `"similar"` (closest prompts).
         demonstration_pool_size (`int`, *optional*, defaults to `256`):
             Agreements kept in the pool; the oldest are dropped first.
-        demonstration_max_chars (`int` or `None`, *optional*):
-            Character budget (prompts plus responses) of the demonstrations sent with one ranking
-            request; the least relevant are left out first. `None`: no budget beyond
-            `max_demonstrations`.
 
         > Parameters that control the loss
 
@@ -260,6 +273,13 @@ class CycleAlignConfig(TrainingArguments):
         default=1.0,
         metadata={"help": "Penalty (> 0) for tokens already seen; > 1.0 discourages repeats."},
     )
+    stop_strings: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "A response ends before the first of these strings and counts as finished "
+            "(it gets an EOS). None: none."
+        },
+    )
     generation_kwargs: dict | str | None = field(
         default=None,
         metadata={"help": "Extra GenerationConfig fields; where one names a field above, it wins."},
@@ -317,8 +337,16 @@ class CycleAlignConfig(TrainingArguments):
             "use_dynamic_demonstrations=False: the paper's 'w/o ICL'."
         },
     )
-    max_demonstrations: int = field(
-        default=2, metadata={"help": "Dynamic demonstrations per ranking request."}
+    demonstration_max_tokens: int | None = field(
+        default=4096,
+        metadata={
+            "help": "Prompt tokens of the dynamic demonstrations per ranking request: as many "
+            "as fit are sent (>= 4 of 4 responses x 128 tokens at 4096). None: no budget."
+        },
+    )
+    max_demonstrations: int | None = field(
+        default=None,
+        metadata={"help": "At most this many dynamic demonstrations per request. None: no cap."},
     )
     demonstration_selection: str = field(
         default="recent",
@@ -329,10 +357,6 @@ class CycleAlignConfig(TrainingArguments):
     )
     demonstration_pool_size: int = field(
         default=256, metadata={"help": "Agreements kept in the demonstration pool."}
-    )
-    demonstration_max_chars: int | None = field(
-        default=None,
-        metadata={"help": "Character budget of the demonstrations sent with one request."},
     )
 
     # -- loss -----------------------------------------------------------------------------------
@@ -388,13 +412,21 @@ class CycleAlignConfig(TrainingArguments):
         _check_int("num_generations", self.num_generations, 2, "a ranking needs two responses")
         _check_int("max_rounds", self.max_rounds, 1, "at least one round per step")
         _check_int("max_completion_length", self.max_completion_length, 1, "responses need a token")
-        _check_int("max_demonstrations", self.max_demonstrations, 0, "0 sends none")
+        if self.max_demonstrations is not None:
+            _check_int("max_demonstrations", self.max_demonstrations, 0, "0 sends none")
         _check_int("demonstration_pool_size", self.demonstration_pool_size, 1, "")
         if self.num_completions_to_print is not None:
             _check_int("num_completions_to_print", self.num_completions_to_print, 0, "or None")
-        for name in ("max_prompt_length", "scoring_batch_size", "demonstration_max_chars"):
+        for name in ("max_prompt_length", "scoring_batch_size", "demonstration_max_tokens"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1, "or None for no limit")
+        if self.demonstration_max_tokens is None and self.max_demonstrations is None:
+            raise ValueError(
+                "CycleAlignConfig: demonstration_max_tokens and max_demonstrations are both None, "
+                "so every ranking request would carry the whole demonstration pool "
+                f"(up to demonstration_pool_size={self.demonstration_pool_size}). Set a token "
+                "budget (demonstration_max_tokens, default 4096) or a cap (max_demonstrations)."
+            )
         if not self.temperature > 0:
             raise ValueError(
                 f"CycleAlignConfig: temperature must be > 0 (responses are sampled), got "
@@ -425,6 +457,14 @@ class CycleAlignConfig(TrainingArguments):
             raise ValueError(
                 f"CycleAlignConfig: ranking_deadline must be a number of seconds > 0 or None (the "
                 f"ranker's own bound), got {deadline!r}."
+            )
+        if self.stop_strings is not None and (
+            isinstance(self.stop_strings, str)
+            or not all(isinstance(x, str) and x for x in self.stop_strings)
+        ):
+            raise ValueError(
+                f"CycleAlignConfig: stop_strings must be a list of non-empty strings such as "
+                f"['Human:', 'Assistant:'], or None, got {self.stop_strings!r}."
             )
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:

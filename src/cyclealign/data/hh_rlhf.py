@@ -38,7 +38,14 @@ from typing import Any
 
 from ..prompts import ROLE_NAMES
 
-__all__ = ["DROP_REASONS", "HH_SUBSETS", "HHRLHFReport", "load_hh_rlhf", "split_dialogue"]
+__all__ = [
+    "DROP_REASONS",
+    "HH_RLHF_STOP_STRINGS",
+    "HH_SUBSETS",
+    "HHRLHFReport",
+    "load_hh_rlhf",
+    "split_dialogue",
+]
 
 logger = logging.getLogger("cyclealign.data")
 
@@ -46,6 +53,11 @@ HH_SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-reject
 DROP_REASONS = ("different_prefix", "malformed", "empty_reply", "identical_replies")
 FORMATS = ("prompts", "ranked")
 PROMPT_FORMATS = ("messages", "raw")
+
+#: Where a response to a raw-format prompt (``"\n\nHuman: ...\n\nAssistant:"``) ends: the
+#: list of the official PRO code's ``early_truncation``. A base model given that format
+#: writes the next ``Human:`` turn itself; ``CycleAlignConfig(stop_strings=...)`` cuts it.
+HH_RLHF_STOP_STRINGS = ("Human:", "human:", "Assistant:", "assistant:")
 
 _TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 # HH-RLHF speaker names -> chat roles: the inverse of the one role map.

@@ -275,13 +275,15 @@ class LocalChatRanker(BlackBoxRanker):
         while len(remaining) > 1:
             # The answer so far ends with "[" or ","; each candidate brings its own leading
             # space (" 3,"), the way BPE vocabularies join a space to the word after it.
-            prefix_text = self.template.answer_text(chosen)[:-1] + ("," if chosen else "")
+            prefix_text = self.template.answer_text(chosen).rsplit("]", 1)[0]
+            prefix_text += "," if chosen else ""
             ids = self.tokenizer(prefix_text, add_special_tokens=False, return_tensors="pt")
             state = self.encode_prefix(ids.input_ids.to(prompt.last_token.device), after=prompt)
             space = " " if chosen else ""
             if len(remaining) == 2:  # the last two orders are the whole rest of the answer
                 a, b = remaining
-                texts = [f"{space}{a}, {b}]", f"{space}{b}, {a}]"]
+                end = "]" + self.template.answer_suffix
+                texts = [f"{space}{a}, {b}{end}", f"{space}{b}, {a}{end}"]
             else:
                 texts = [f"{space}{i}," for i in remaining]
             scores = self.score_continuations(state, texts)

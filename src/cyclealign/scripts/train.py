@@ -82,8 +82,20 @@ class ScriptArguments:
     max_concurrency: int = field(default=8, metadata={"help": "Requests in flight at once."})
     requests_per_minute: float | None = field(default=None, metadata={"help": "Rate limit."})
     budget_requests: int | None = field(default=None, metadata={"help": "Stop asking after N."})
-    request_better_response: bool = field(
-        default=False, metadata={"help": "Ask the black box for an improved response too."}
+    request_better_response: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Ask the black box for an improved response too. Unset: as the trainer's "
+            "use_better_response."
+        },
+    )
+    ranker_template: str = field(
+        default="library",
+        metadata={
+            "help": "The ranking prompt: 'library' (the default RankingTemplate) or 'paper' (the "
+            "paper's layout and its Appendix A.1 demonstration, RankingTemplate.paper()).",
+            "choices": ["library", "paper"],
+        },
     )
     cache_dir: str = field(
         default=os.path.join(os.path.expanduser("~"), ".cache", "cyclealign"),
@@ -155,6 +167,27 @@ def load_prompts(
     )
 
 
+def ranking_template(script: ScriptArguments) -> Any:
+    from ..rankers.prompt import RankingTemplate
+
+    if script.ranker_template not in ("library", "paper"):
+        raise SystemExit(
+            f"Unknown ranker_template {script.ranker_template!r}: use library or paper."
+        )
+    return RankingTemplate.paper() if script.ranker_template == "paper" else RankingTemplate()
+
+
+def set_stop_strings(args: CycleAlignConfig, tokenizer: Any) -> None:
+    """Without a chat template, prompts are HH-RLHF's raw `Human:`/`Assistant:` text and a base
+    model writes the next turns itself: end responses where the official PRO code does."""
+    from ..data.hh_rlhf import HH_RLHF_STOP_STRINGS
+
+    chosen = args.stop_strings is not None or "stop_strings" in (args.generation_kwargs or {})
+    if not chosen and not getattr(tokenizer, "chat_template", None):
+        args.stop_strings = list(HH_RLHF_STOP_STRINGS)
+        logger.info("No chat template: responses end at %s.", args.stop_strings)
+
+
 def build_ranker(script: ScriptArguments, model_path: str, args: CycleAlignConfig):
     if script.ranker == "openai":
         from ..rankers import OpenAIRanker
@@ -170,12 +203,15 @@ def build_ranker(script: ScriptArguments, model_path: str, args: CycleAlignConfi
             budget_requests=script.budget_requests,
             cache_path=script.ranker_cache or os.path.join(args.output_dir, "ranker.sqlite"),
             request_better_response=script.request_better_response,
+            template=ranking_template(script),
             seed=args.seed,
         )
     if script.ranker == "local_chat":
         from ..rankers import LocalChatRanker
 
-        return LocalChatRanker(script.ranker_model or model_path, seed=args.seed)
+        return LocalChatRanker(
+            script.ranker_model or model_path, template=ranking_template(script), seed=args.seed
+        )
     raise SystemExit(f"Unknown ranker {script.ranker!r}: use openai, local_chat or none.")
 
 
@@ -214,6 +250,7 @@ def build_trainer(script: ScriptArguments, args: CycleAlignConfig, model_args: A
     if ranked:  # the paper's PRO/RRHF baselines: ranked data, no black box
         trainer = OfflineRankingTrainer(model_path, args, **common)
     else:
+        set_stop_strings(args, tokenizer)
         ranker = build_ranker(script, model_path, args)
         trainer = CycleAlignTrainer(model_path, args, ranker=ranker, **common)
     trainer.dataset_name = script.dataset  # for the model card

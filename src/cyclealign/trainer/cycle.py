@@ -204,6 +204,7 @@ class CycleAlignTrainer(RankingTrainerBase):
         )
         stats.set_spent(usage_before, self.ranker.usage)
         stats.late = pending.late
+        stats.demonstrations = sum(len(r.demonstrations) for r in pending.requests)
         return self._optimize(model, candidates, scored, outcomes, stats, round_index, training)
 
     def _generate(self, model: torch.nn.Module, inputs: dict[str, Any]) -> Candidates:
@@ -230,11 +231,12 @@ class CycleAlignTrainer(RankingTrainerBase):
     ) -> PendingRanking:
         """Send every prompt's candidates, with its demonstrations, its dataset row's other
         columns and the responses' token ids, to the black box."""
+        count = self.ranker.demonstration_tokens
         requests = [
             RankRequest(
                 prompt,
                 texts,
-                select_demonstrations(self.pool, prompt, self.args),
+                select_demonstrations(self.pool, prompt, self.args, count),
                 columns=columns[b] if columns else {},
                 completion_ids=ids,
             )

@@ -46,6 +46,7 @@ class RoundStats:
     prompt_tokens: float = 0
     completion_tokens: float = 0
     cache_repairs: float = 0
+    demonstrations: float = 0  # dynamic demonstrations sent, summed over the requests
     responses: float = 0  # distinct sampled responses (the candidates)
     response_tokens: float = 0  # their tokens, EOS included
     clipped: float = 0  # those cut by max_completion_length (no EOS)
@@ -159,8 +160,8 @@ class CycleMetrics:
 
 
 def stats_to_metrics(stats: RoundStats) -> dict[str, float]:
-    """Ratios and counts logged under ``agreement/*``, ``ranker/*``, ``completions/*`` and
-    ``loss/*``."""
+    """Ratios and counts logged under ``agreement/*``, ``ranker/*``, ``demos/*``,
+    ``completions/*`` and ``loss/*``."""
     return {
         "agreement/length": _ratio(stats.agree_len, stats.ranked),
         "agreement/full_rate": _ratio(stats.full, stats.ranked),
@@ -174,6 +175,7 @@ def stats_to_metrics(stats: RoundStats) -> dict[str, float]:
         "ranker/prompt_tokens": stats.prompt_tokens,
         "ranker/completion_tokens": stats.completion_tokens,
         "ranker/better_responses": stats.better,
+        "demos/per_request": _ratio(stats.demonstrations, stats.prompts),
         "completions/mean_length": _ratio(stats.response_tokens, stats.responses),
         "completions/clipped_ratio": _ratio(stats.clipped, stats.responses),
         "loss/rank": _ratio(stats.rank_loss_sum, stats.contributing),
