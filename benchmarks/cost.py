@@ -1,9 +1,12 @@
 """Black-box tokens per ranked response and per implied preference pair.
 
 One listwise ranking of n responses implies n(n-1)/2 preference pairs. Beside CycleAlign's
-listwise request (with 0, 2 or 8 demonstrations) the table shows pointwise scoring (one
-judge call per response) and pairwise judging (one call per pair), all through the same
-local server and the same instruction, without demonstrations for the two baselines.
+listwise request (with 0, 2 or 8 demonstrations, and with as many as the trainer's default
+token budget ``demonstration_max_tokens`` holds when every demonstration has n responses of
+``max_completion_length`` tokens: the most a request costs at the defaults) the table shows
+pointwise scoring (one judge call per response) and pairwise judging (one call per pair), all
+through the same local server and the same instruction, without demonstrations for the two
+baselines.
 Token counts are the server's (about 4 characters a token). A second run through the cache
 must make no request at all.
 
@@ -22,9 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from _report import emit
 from chat_server import ChatServer, Reply, rank_by
+from cyclealign import CycleAlignConfig
+from cyclealign.demonstrations import CHARS_PER_TOKEN, DemonstrationPool
 from cyclealign.rankers import OpenAIRanker, RankRequest
 from cyclealign.rankers.prompt import DEFAULT_INSTRUCTION, RankingTemplate
 from cyclealign.types import Demonstration
+
+DEFAULTS = {f.name: f.default for f in CycleAlignConfig.__dataclass_fields__.values()}
+BUDGET = DEFAULTS["demonstration_max_tokens"]
 
 # Pointwise scoring with the ranking instruction's own criteria; only the task and the
 # answer format differ.
@@ -65,6 +73,20 @@ def demonstrations(count: int, n: int) -> list[Demonstration]:
         Demonstration(f"Example question {j}?", responses(j + 10, n), list(range(n)))
         for j in range(count)
     ]
+
+
+def budget_demonstrations(query: str, n: int, count_tokens) -> list[Demonstration]:
+    """What the default token budget (counted by ``count_tokens``, the ranker's count) sends
+    with one request when the pool holds plenty of demonstrations of ``n`` responses of
+    ``max_completion_length`` tokens each."""
+    length = DEFAULTS["max_completion_length"] * CHARS_PER_TOKEN  # characters
+    pool = DemonstrationPool()
+    for j in range(32):
+        texts = [(f"{STYLES[(j + k) % len(STYLES)]} ({k}) " * 40)[:length] for k in range(n)]
+        pool.add(Demonstration(f"Example question {j}?", texts, list(range(n))))
+    return pool.select(
+        query, DEFAULTS["max_demonstrations"], max_tokens=BUDGET, count_tokens=count_tokens
+    )
 
 
 def measure(
@@ -123,6 +145,7 @@ def main() -> None:
     listwise = RankingTemplate()
     bare = RankingTemplate(static_demonstration=None)
     with ChatServer(judge) as server, tempfile.TemporaryDirectory() as tmp:
+        count_tokens = OpenAIRanker("bench", base_url=server.base_url).demonstration_tokens
         for n in (2, 4, 8):
             pairs = n * (n - 1) // 2 * len(QUESTIONS)
             ranked = n * len(QUESTIONS)
@@ -132,11 +155,18 @@ def main() -> None:
             listwise_settings += [
                 (f"listwise, static + {k} dynamic", k, listwise) for k in (0, 2, 8)
             ]
+            listwise_settings += [(f"listwise, static + {BUDGET}-token budget", None, listwise)]
             for label, demos, template in listwise_settings:
                 requests = [
                     # A dynamic demonstration is an agreement: at most n ranked responses.
                     # All n here, the most it can cost.
-                    RankRequest(q, responses(i, n), demonstrations(demos, n))
+                    RankRequest(
+                        q,
+                        responses(i, n),
+                        demonstrations(demos, n)
+                        if demos is not None
+                        else budget_demonstrations(q, n, count_tokens),
+                    )
                     for i, q in enumerate(QUESTIONS)
                 ]
                 cache = str(Path(tmp) / f"{label}-{n}.sqlite")
@@ -151,6 +181,9 @@ def main() -> None:
                         "method": label,
                         "n": n,
                         "requests": usage["requests"],
+                        "demos / request": sum(len(r.demonstrations) for r in requests)
+                        / len(requests),
+                        "tokens / request": round(tokens / usage["requests"], 1),
                         "tokens / response": round(tokens / ranked, 1),
                         "tokens / pair": round(tokens / pairs, 1),
                         "requests on cached re-run": again["requests"],
@@ -181,6 +214,8 @@ def main() -> None:
                         "method": method,
                         "n": n,
                         "requests": usage["requests"],
+                        "demos / request": 0,
+                        "tokens / request": round(tokens / usage["requests"], 1),
                         "tokens / response": round(tokens / ranked, 1),
                         "tokens / pair": round(tokens / pairs, 1),
                         "requests on cached re-run": "",
@@ -193,7 +228,9 @@ def main() -> None:
     emit(
         rows,
         caption=f"{len(QUESTIONS)} prompts; 'static' rows carry the template's static "
-        "demonstration, 'dynamic' ones that many demonstrations of n ranked responses",
+        "demonstration, 'dynamic' ones that many demonstrations of n ranked responses, the "
+        f"'budget' ones as many demonstrations of n responses of "
+        f"{DEFAULTS['max_completion_length']} tokens as the default budget holds",
         notes=[
             f"n=4: pairwise / listwise tokens per pair = {ratio:.2f} without demonstrations, "
             f"{ratio_static:.2f} with the static one"

@@ -32,7 +32,6 @@ from _report import emit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "examples"))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/latency_hiding.py
 
 PROMPTS = [
@@ -51,7 +50,7 @@ def load(model_name: str):
 
         tokenizer = build_tiny_tokenizer()
         return build_tiny_model(tokenizer), tokenizer
-    from hh_rlhf import resolve_model
+    from cyclealign.scripts.train import resolve_model
 
     path = resolve_model("smollm2", str(Path.home() / ".cache" / "cyclealign"))
     return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
@@ -190,7 +189,9 @@ def cycle(model, tokenizer, cli) -> tuple[list[float], dict[str, list[float]], d
             lr_scheduler_type="constant",
             train_sampling_strategy="sequential",  # every batch is the bare loop's batch
         )
-        data = Dataset.from_dict({"prompt": (PROMPTS[: cli.prompts]) * cli.steps})
+        # Chat messages: the chat template applies, as in the bare loop (a string is raw text).
+        chats = [[{"role": "user", "content": p}] for p in PROMPTS[: cli.prompts]]
+        data = Dataset.from_dict({"prompt": chats * cli.steps})
         timer = StepTimer()
         trainer = CycleAlignTrainer(
             model,

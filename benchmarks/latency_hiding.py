@@ -67,7 +67,8 @@ def run(delays: list[float], prompts: int, repeats: int, hidden: int) -> dict[fl
             logging_steps=1,
             disable_tqdm=True,
         )
-        data = Dataset.from_dict({"prompt": (PROMPTS * len(schedule))[: prompts * len(schedule)]})
+        chats = [[{"role": "user", "content": p}] for p in PROMPTS]  # the chat template applies
+        data = Dataset.from_dict({"prompt": (chats * len(schedule))[: prompts * len(schedule)]})
         trainer = CycleAlignTrainer(
             model,
             args,

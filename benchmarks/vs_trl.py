@@ -104,7 +104,8 @@ def run_cycle(server, judge, cli) -> dict:
             disable_tqdm=True,
             max_demonstrations=0,
         )
-        data = Dataset.from_dict({"prompt": (PROMPTS * cli.steps)[: cli.prompts * cli.steps]})
+        chats = [[{"role": "user", "content": p}] for p in PROMPTS]  # as GRPO's prompts below
+        data = Dataset.from_dict({"prompt": (chats * cli.steps)[: cli.prompts * cli.steps]})
         trainer = CycleAlignTrainer(
             build_tiny_model(tokenizer),
             args,

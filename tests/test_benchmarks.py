@@ -43,7 +43,7 @@ def run_script(name: str, tmp_path: Path, *args: str) -> dict:
 def test_cost_counts_tokens_and_a_cached_rerun_pays_nothing(tmp_path):
     rows = run_script("cost", tmp_path)["rows"]
     listwise = [r for r in rows if r["method"].startswith("listwise")]
-    assert {r["n"] for r in listwise} == {2, 4, 8} and len(listwise) == 12
+    assert {r["n"] for r in listwise} == {2, 4, 8} and len(listwise) == 15
     assert all(r["requests on cached re-run"] == 0 and r["requests"] == 4 for r in listwise)
     by = {(r["method"], r["n"]): r for r in rows}
     for n in (2, 4, 8):
@@ -54,6 +54,14 @@ def test_cost_counts_tokens_and_a_cached_rerun_pays_nothing(tmp_path):
         labels = ["listwise, no demos"] + [f"listwise, static + {k} dynamic" for k in (0, 2, 8)]
         costs = [by[label, n]["tokens / pair"] for label in labels]
         assert costs == sorted(costs) and len(set(costs)) == 4
+        # The default token budget: as many demonstrations as fit, and the prompt it adds
+        # to the static-only request stays within the budget (the server counts ~4 chars a
+        # token, as the ranker's estimate does).
+        budget = by["listwise, static + 4096-token budget", n]
+        static = by["listwise, static + 0 dynamic", n]
+        assert budget["demos / request"] > 2
+        added = budget["tokens / request"] - static["tokens / request"]
+        assert 0.75 * 4096 < added <= 4096 * 1.02
     # With two responses a listwise ranking without demonstrations is a pairwise judgement.
     assert by["listwise, no demos", 2] == {
         **by["pairwise (1 call per pair)", 2],

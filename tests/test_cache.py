@@ -75,9 +75,15 @@ KILL_SCRIPT = textwrap.dedent(
         os.kill(os.getpid(), signal.SIGKILL)
 
     if sys.argv[3] == "kill":
-        module.parse_ranking = die
-    ranker = module.OpenAIRanker("judge", base_url=sys.argv[1], cache_path=sys.argv[2])
-    requests = [RankRequest("p%d" % i, ["a" * (i + 1), "b"]) for i in range(int(sys.argv[4]))]
+        module.read_answer = die
+    budget = int(sys.argv[5]) if len(sys.argv) > 5 else None
+    ranker = module.OpenAIRanker(
+        "judge", base_url=sys.argv[1], cache_path=sys.argv[2], budget_requests=budget
+    )
+    tag = os.getpid() if budget else ""  # with a budget: prompts of its own in each process
+    requests = [
+        RankRequest("p%d%s" % (i, tag), ["a" * (i + 1), "b"]) for i in range(int(sys.argv[4]))
+    ]
     print([r.ranking for r in ranker.rank(requests)], ranker.usage.requests)
     """
 )
@@ -152,3 +158,143 @@ def test_busy_database_is_waited_for_not_an_error(tmp_path):
     assert done.is_set() and cache.get("k") == {"content": "x"}
     blocker.close()
     cache.close()
+
+
+def test_a_row_with_broken_json_is_asked_again_once_then_served(tmp_path):
+    from cyclealign.rankers.openai import OpenAIRanker
+    from cyclealign.types import RankRequest
+
+    path = tmp_path / "answers.sqlite"
+    request = [RankRequest("p", ["aa", "a", "aaa"])]
+    with ChatServer(by_length) as server:
+        ranker = OpenAIRanker("judge", base_url=server.base_url, cache_path=path)
+        expected = ranker.rank(request)[0].ranking
+        ranker.close()
+        con = sqlite3.connect(path)
+        con.execute('UPDATE answers SET answer = \'{"content": "### The desi\'')
+        con.commit()
+        con.close()
+        for run in range(2):
+            ranker = OpenAIRanker("judge", base_url=server.base_url, cache_path=path)
+            assert ranker.rank(request)[0].ranking == expected
+            assert ranker.usage.cache_repairs == (1 if run == 0 else 0)
+            assert ranker.usage.cache_hits == (0 if run == 0 else 1)
+            ranker.close()
+        assert server.count == 2  # the first answer and the one re-request, nothing more
+
+
+def test_a_file_of_garbage_fails_at_construction_naming_it(tmp_path):
+    from cyclealign.rankers.cache import CacheError
+
+    path = tmp_path / "answers.sqlite"
+    path.write_bytes(os.urandom(8192))
+    with pytest.raises(CacheError) as info:
+        RankCache(path)
+    assert str(path) in str(info.value) and "move it away" in str(info.value)
+
+
+def _filled(path, rows=400):
+    cache = RankCache(path)
+    for i in range(rows):
+        cache.put(f"k{i}", {"content": "x" * 200})
+    cache._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")  # all in the main file
+    cache.close()
+    return bytearray(path.read_bytes())
+
+
+def test_a_half_truncated_file_fails_at_construction_naming_it(tmp_path):
+    from cyclealign.rankers.cache import CacheError
+
+    path = tmp_path / "answers.sqlite"
+    data = _filled(path)
+    path.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(CacheError) as info:
+        RankCache(path)
+    assert str(path) in str(info.value) and ".recover" in str(info.value)
+
+
+def test_a_damaged_page_is_reported_and_its_rows_are_misses(tmp_path, caplog):
+    path = tmp_path / "answers.sqlite"
+    data = _filled(path)
+    page = 4096 * 10  # a leaf page of the answers table
+    data[page + 100 : page + 600] = b"\xa5" * 500
+    path.write_bytes(bytes(data))
+    damaged = RankCache(path)
+    assert "is damaged" in caplog.text and str(path) in caplog.text
+    missing = [i for i in range(400) if damaged.get(f"k{i}") is None]
+    assert 0 < len(missing) < 400 and damaged.repairs == len(missing)
+    assert damaged.try_put(f"k{missing[0]}", {"content": "again"})
+    damaged.close()
+
+
+def test_close_closes_the_connections_of_every_thread(tmp_path):
+    cache = RankCache(tmp_path / "c.sqlite")
+    threads = [threading.Thread(target=cache.put, args=(f"k{i}", {"i": i})) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    connections = list(cache._connections)
+    assert len(connections) == 5  # the constructor's and one per worker thread
+    cache.close()
+    for con in connections:
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            con.execute("SELECT 1")
+    assert cache.get("k2") == {"i": 2}  # a later call opens a new connection
+
+
+def test_cache_keys_normalise_numbers():
+    messages = [{"role": "user", "content": "x"}]
+    assert cache_key("m", messages, {"temperature": 0}) == cache_key(
+        "m", messages, {"temperature": 0.0}
+    )
+    assert cache_key("m", messages, {"extra_body": {"top_p": 1}}) == cache_key(
+        "m", messages, {"extra_body": {"top_p": 1.0}}
+    )
+    assert cache_key("m", messages, {"temperature": 0}) != cache_key(
+        "m", messages, {"temperature": 0.5}
+    )
+
+
+def test_the_ledger_reserves_exactly_across_threads(tmp_path):
+    cache = RankCache(tmp_path / "c.sqlite")
+    ledger = cache.ledger("job")
+    granted = []
+
+    def take():
+        for _ in range(30):
+            granted.append(ledger.reserve(50, None))
+
+    threads = [threading.Thread(target=take) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert granted.count(True) == 50 and ledger.spent() == (50, 0)
+    ledger.add_tokens(7)
+    assert not cache.ledger("job").reserve(None, 7)  # the token cap holds too
+    assert cache.ledger("other").spent() == (0, 0)
+    cache.close()
+
+
+@pytest.mark.slow
+def test_two_processes_sharing_one_cache_file_share_one_budget(tmp_path):
+    cache = tmp_path / "answers.sqlite"
+    script = tmp_path / "rank.py"
+    script.write_text(KILL_SCRIPT.format(src=str(SRC)))
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    with ChatServer(by_length) as server:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(script), server.base_url, str(cache), "run", "20", "13"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for _ in range(2)
+        ]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert server.count == 13  # both wanted 20 (different prompts each): 13 in all
+    for proc, (_, err) in zip(procs, outs):
+        assert proc.returncode == 0, err

@@ -96,3 +96,26 @@ def test_console_script_is_installed():
         check=True,
     )
     assert "--reward_model" in out.stdout and "--judge_base_url" in out.stdout
+
+
+def test_help_lists_train_and_evaluate():
+    out = subprocess.run(
+        [sys.executable, "-m", "cyclealign", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "train" in out.stdout and "evaluate" in out.stdout
+    train_help = subprocess.run(
+        [sys.executable, "-m", "cyclealign", "train", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    # The training script's parser: the script's, CycleAlignConfig's and ModelConfig's fields.
+    for flag in ("--ranker_model", "--max_rounds", "--lora_r", "--use_dora", "--load_in_4bit"):
+        assert flag in train_help.stdout
+    assert train_help.stdout.startswith("usage: cyclealign train")
+
+
+def test_unknown_arguments_of_evaluate_are_errors(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--model", "x", "--no_such_flag"])
+    assert "unrecognized arguments: --no_such_flag" in capsys.readouterr().err

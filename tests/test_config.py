@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from cyclealign.config import CycleAlignConfig
 
+ROOT = Path(__file__).resolve().parents[1]
 OWN_FIELDS = [
     f.name
     for f in dataclasses.fields(CycleAlignConfig)
@@ -29,8 +32,29 @@ def test_defaults(tmp_path):
     assert args.ranking_loss == "pro" and args.reward_from_ranking == "linear"
     assert args.ranker_failure_policy == "skip"
     assert args.use_dynamic_demonstrations and args.use_static_demonstration
-    assert args.remove_unused_columns is False and args.logging_steps == 1
-    assert args.gradient_accumulation_steps == 1 and args.round_log is False
+    assert args.remove_unused_columns is False and args.gradient_accumulation_steps == 1
+    assert args.round_log is False and args.log_completions is False
+    assert args.num_completions_to_print is None and args.chat_template_kwargs is None
+    assert args.trust_remote_code is False
+    assert args.stop_strings is None
+    assert args.demonstration_max_tokens == 4096 and args.max_demonstrations is None
+
+
+def test_defaults_shared_with_grpo_are_grpos_unless_documented(tmp_path):
+    from trl import GRPOConfig
+
+    ours = make(tmp_path)
+    assert (ours.learning_rate, ours.logging_steps) == (1e-6, 10)  # GRPO's
+    grpo = {g.name: g.default for g in dataclasses.fields(GRPOConfig)}
+    differing = {
+        f.name
+        for f in dataclasses.fields(CycleAlignConfig)
+        if f.name in grpo and f.default is not dataclasses.MISSING and f.default != grpo[f.name]
+    }
+    # Every default that differs from GRPOConfig's is listed, with its reason, in the docs.
+    text = (ROOT / "docs" / "trainer.md").read_text()
+    table = text.split("<!-- grpo-defaults -->")[1].split("<!-- /grpo-defaults -->")[0]
+    assert set(re.findall(r"^\| `(\w+)` \|", table, re.M)) == differing
 
 
 def test_every_own_field_is_documented_and_has_help():
@@ -155,6 +179,16 @@ def test_sampling_fields_reach_generation_and_generation_kwargs_win(tmp_path):
         ({"ranking_loss_kwargs": {"bogus": 1}}, "cannot be built"),
         ({"generation_kwargs": "top_k=5"}, "JSON object string"),
         ({"generation_kwargs": "[1, 2]"}, "JSON object string"),
+        ({"ranking_deadline": 0}, "ranking_deadline must be a number of seconds > 0"),
+        ({"ranking_deadline": float("inf")}, "ranking_deadline must be"),
+        ({"stop_strings": "Human:"}, r"list of non-empty strings such as \['Human:'"),
+        ({"stop_strings": ["Human:", ""]}, "list of non-empty strings"),
+        ({"demonstration_max_tokens": 0}, "demonstration_max_tokens must be an integer >= 1"),
+        ({"max_demonstrations": -1}, "max_demonstrations must be an integer >= 0"),
+        (
+            {"demonstration_max_tokens": None, "max_demonstrations": None},
+            "whole demonstration pool.*Set a token budget",
+        ),
     ],
 )
 def test_validation_errors_say_how_to_fix(tmp_path, kwargs, message):

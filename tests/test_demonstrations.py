@@ -10,6 +10,7 @@ import pytest
 from cyclealign.demonstrations import (
     Demonstration,
     DemonstrationPool,
+    estimate_tokens,
     select_demonstrations,
     share_agreements,
 )
@@ -66,10 +67,38 @@ def test_similar_policy_prefers_word_overlap():
         pool.select("q", 1, "random")
 
 
-def test_select_respects_a_character_budget():
+def test_select_fills_a_token_budget_most_relevant_first():
     pool = DemonstrationPool()
-    add_all(pool, [demo("old"), demo("new")])
-    assert [d.prompt for d in pool.select("q", 2, max_chars=30)] == ["new"]
+    sizes = {"a": 3, "b": 5, "c": 2, "d": 4}  # tokens of each, by prompt
+    add_all(pool, [demo(p) for p in sizes])
+    counted = []
+
+    def count(d):
+        counted.append(d.prompt)
+        return sizes[d.prompt]
+
+    # Newest first: d (4) fits, c (2) fits, b (5) does not and is skipped, a (3) does not either.
+    picked = pool.select("q", None, max_tokens=7, count_tokens=count)
+    assert [d.prompt for d in picked] == ["c", "d"]  # the most relevant right before the query
+    assert [d.prompt for d in pool.select("q", None, max_tokens=9, count_tokens=count)] == [
+        "a",
+        "c",
+        "d",
+    ]
+    assert len(pool.select("q", 1, max_tokens=100, count_tokens=count)) == 1  # the cap holds
+    assert sorted(counted) == ["a", "b", "c", "d"]  # each counted once, however often asked
+    # The default count is an estimate of 4 characters a token.
+    assert estimate_tokens(Demonstration("abcd", ["efgh", "i"], [0, 1])) == 3
+    assert [d.prompt for d in pool.select("q", None, max_tokens=10)] == ["d"]
+
+
+def test_agreements_on_the_querys_own_prompt_come_first():
+    pool = DemonstrationPool()
+    mine = [{"role": "user", "content": "bake bread"}]
+    add_all(pool, [demo("old other"), Demonstration(mine, ["x", "y"], [1, 0]), demo("new other")])
+    for policy in ("recent", "similar"):
+        picked = pool.select([dict(m) for m in mine], 2, policy)
+        assert picked[-1].prompt == mine and len(picked) == 2, policy
 
 
 def test_state_dict_round_trip_is_exact_and_json():
@@ -128,9 +157,9 @@ def test_bad_arguments():
 def args(**kw):
     base = dict(
         use_dynamic_demonstrations=True,
-        max_demonstrations=2,
+        max_demonstrations=None,
         demonstration_selection="recent",
-        demonstration_max_chars=None,
+        demonstration_max_tokens=4096,
     )
     return SimpleNamespace(**{**base, **kw})
 
@@ -155,8 +184,12 @@ def test_selection_follows_the_switches_and_budget():
     assert select_demonstrations(pool, "q", args()) == []  # empty pool
     demos = [Demonstration(f"d{i}", ["aaaa", "bbbb"], [0, 1]) for i in range(3)]
     add_all(pool, demos)
-    assert select_demonstrations(pool, "q", args()) == demos[1:]
-    # 10 characters each: a budget of 15 keeps only the most relevant (newest).
-    assert select_demonstrations(pool, "q", args(demonstration_max_chars=15)) == demos[2:]
+    assert select_demonstrations(pool, "q", args()) == demos  # all fit the default budget
+    assert select_demonstrations(pool, "q", args(max_demonstrations=2)) == demos[1:]
+    # 10 characters (3 estimated tokens) each: a budget of 7 holds the two most relevant.
+    assert select_demonstrations(pool, "q", args(demonstration_max_tokens=7)) == demos[1:]
+    # The ranker's own count wins over the estimate.
+    tight = args(demonstration_max_tokens=7)
+    assert select_demonstrations(pool, "q", tight, count_tokens=lambda d: 7) == demos[2:]
     assert select_demonstrations(pool, "q", args(use_dynamic_demonstrations=False)) == []
     assert select_demonstrations(pool, "q", args(max_demonstrations=0)) == []

@@ -37,6 +37,27 @@ def test_generation_and_reward_table(tiny_tokenizer):
     assert rows[2] == {"subset": "total", "n": 3, "reward": pytest.approx(sum(scores) / 3)}
 
 
+def test_generation_ends_answers_at_stop_strings(tiny_tokenizer):
+    from transformers import LogitsProcessorList
+
+    from test_sampling import ForceText
+
+    model = build_tiny_model(tiny_tokenizer)
+    original = model.generate
+
+    def forced(**kwargs):
+        processor = ForceText(tiny_tokenizer, "yes no Human: hello ", kwargs["input_ids"].shape[1])
+        return original(**kwargs, logits_processor=LogitsProcessorList([processor]))
+
+    model.generate = forced
+    on = generate_responses(model, tiny_tokenizer, PROMPTS, max_completion_length=16)
+    assert all(a.startswith("yes no Human:") for a in on)
+    cut = generate_responses(
+        model, tiny_tokenizer, PROMPTS, max_completion_length=16, stop_strings=["Human:"]
+    )
+    assert cut == ["yes no"] * 3
+
+
 def judge_server(pick_first: bool):
     def handler(body, number):
         shown = shown_responses(body["messages"][-1]["content"])
@@ -77,9 +98,11 @@ def test_a_shuffling_judge_is_refused():
 def test_ranking_accuracy_with_and_without_demonstrations():
     seen = []
 
-    def prefers_long(prompts, completions):
+    def prefers_long(prompts, completions, **kwargs):
         seen.append(len(prompts))
-        return [float(len(c)) for c in completions]
+        # TRL's convention: a chat prompt's completion is a message list.
+        texts = [c if isinstance(c, str) else c[0]["content"] for c in completions]
+        return [float(len(t)) for t in texts]
 
     ranker = FunctionRanker(prefers_long)
     chosen = ["a detailed helpful reply", "short", "another good long reply"]

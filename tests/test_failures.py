@@ -126,7 +126,7 @@ def test_only_consecutive_steps_of_non_transient_failures_count():
     watch = FailureWatch(max_failed_steps=2)
     assert not step(watch, [failed("refusal"), failed("missing")])
     assert not step(watch, [RankResult([0, 1]), failed("missing")], updates=1)  # streak broken
-    assert not step(watch, [failed("timeout"), failed("server")])  # an outage: not counted
+    assert not step(watch, [failed("timeout"), failed("server"), failed("late")])  # outage
     assert watch.consecutive == 0
     assert not step(watch, [failed("bad_request")])
     assert step(watch, [failed("budget"), failed("timeout")]) and watch.stopped

@@ -132,6 +132,26 @@ def test_ranked_format_and_even_sampling():
     assert again["responses"] == ranked["responses"] != other["responses"]
 
 
+def test_raw_prompts_for_base_models_are_the_data_s_own_text():
+    from cyclealign.prompts import render_prompt
+    from helpers import build_tiny_tokenizer
+
+    kwargs = dict(subsets=["helpful-base"], split="test", num_samples=20, seed=0)
+    raw = load_hh_rlhf(HH_DIR, prompt_format="raw", **kwargs)
+    chat = load_hh_rlhf(HH_DIR, **kwargs)
+    assert raw["chosen"] == chat["chosen"] and raw["rejected"] == chat["rejected"]
+    base = build_tiny_tokenizer(chat_template=False)
+    for text, messages in zip(raw["prompt"], chat["prompt"]):
+        assert isinstance(text, str) and text.startswith("\n\nHuman:")
+        assert text.endswith("\n\nAssistant:")
+        assert split_dialogue(text[: -len("\n\nAssistant:")]) == messages  # same dialogue
+        assert render_prompt(text, base) == text  # raw text, as the base model sees it
+    ranked = load_hh_rlhf(HH_DIR, prompt_format="raw", format="ranked", **kwargs)
+    assert ranked["prompt"] == raw["prompt"]
+    with pytest.raises(ValueError, match="'raw' for a base model"):
+        load_hh_rlhf(HH_DIR, prompt_format="text", **kwargs)
+
+
 def test_errors_say_what_to_do(tmp_path):
     with pytest.raises(ValueError, match="choose from"):
         load_hh_rlhf(HH_DIR, subsets=["harmful-base"], split="test")

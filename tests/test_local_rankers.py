@@ -1,8 +1,8 @@
-"""Local rankers: reward functions, reward models and the local chat model."""
+"""Local rankers: reward models and the local chat model (reward functions:
+test_reward_functions.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 import re
 
@@ -10,61 +10,13 @@ import pytest
 import torch
 
 from cyclealign.agreement import is_permutation
-from cyclealign.rankers.local import FunctionRanker, LocalChatRanker, RewardModelRanker
+from cyclealign.rankers.local import LocalChatRanker, RewardModelRanker
 from cyclealign.rankers.prompt import RankingTemplate
 from cyclealign.types import RankRequest
 from helpers import build_tiny_model, build_tiny_reward_model, build_tiny_tokenizer
 
 # A short instruction and no static demonstration keep the prompt (and the tests) small.
 SHORT = RankingTemplate(instruction="Rank the responses.", static_demonstration=None)
-
-
-def test_function_ranker_sorts_by_score_and_isolates_failures():
-    def reward(prompts, completions, **kwargs):
-        if any("boom" in c for c in completions):
-            raise RuntimeError("boom")
-        return [float(len(c)) for c in completions]
-
-    ranker = FunctionRanker(reward, batch_size=3)
-    results = ranker.rank(
-        [
-            RankRequest("p", ["aa", "a", "aaa"]),
-            RankRequest("q", ["boom", "x"]),
-            RankRequest("r", ["bb", "b"]),
-        ]
-    )
-    assert results[0].ranking == [2, 0, 1] and results[0].scores == [2.0, 1.0, 3.0]
-    assert results[1].ranking is None and "boom" in results[1].error
-    assert results[2].ranking == [0, 1]
-    assert ranker.usage.failures == {"reward_fn": 1} and ranker.usage.requests == 3
-
-
-def test_function_ranker_async_and_wrong_length():
-    async def reward(prompts, completions):
-        return [1.0]
-
-    (result,) = FunctionRanker(reward).rank([RankRequest("p", ["a", "b"])])
-    assert result.ranking is None and "1 scores for 2 completions" in result.error
-
-
-def test_function_ranker_none_scores_and_sync_functions_off_the_loop():
-    seen = []
-
-    def reward(prompts, completions, **kwargs):
-        try:
-            asyncio.get_running_loop()
-            seen.append("on the event loop")
-        except RuntimeError:
-            seen.append("in a worker thread")
-        return [None if c == "?" else 1.0 for c in completions]
-
-    ranker = FunctionRanker(reward)
-    results = ranker.rank([RankRequest("p", ["a", "?"]), RankRequest("q", ["b", "c"])])
-    assert results[0].ranking is None and "non-finite" in results[0].error
-    assert results[1].ranking == [0, 1] and results[1].scores == [1.0, 1.0]
-    assert seen == ["in a worker thread"]  # one call for both requests
-    assert ranker.usage.requests == 2 and ranker.usage.failures == {"nonfinite": 1}
-    assert ranker.state_dict()["usage"]["requests"] == 2
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +180,25 @@ def test_cached_prefix_scoring_equals_a_full_forward(chat_ranker, tiny_tokenizer
     assert chat_ranker.score_continuations(longer, texts) == pytest.approx(
         chat_ranker.score_continuations(torch.cat([prefix, more], dim=1), texts), abs=1e-5
     )
+
+
+@pytest.mark.parametrize("n", [3, 6])
+def test_local_chat_ranker_answers_in_the_paper_template_form(chat_model, tiny_tokenizer, n):
+    from cyclealign.rankers.prompt import RankingTemplate
+
+    ranker = LocalChatRanker(chat_model, tiny_tokenizer, template=RankingTemplate.paper())
+    scored = []
+    original = ranker.score_continuations
+
+    def recording(prefix, texts):
+        scored.extend(texts)
+        return original(prefix, texts)
+
+    ranker.score_continuations = recording
+    request = RankRequest("pick one", [f"option {c}" for c in "abcdef"[:n]])
+    (result,) = ranker.rank([request])
+    assert is_permutation(result.ranking, n)
+    # Every complete answer it scored, and the one it gave, ends as the paper's does: "].".
+    assert result.raw_text.startswith("### The desired ranking is: [")
+    assert result.raw_text.endswith("].")
+    assert all(t.endswith("].") for t in scored if "]" in t) and any("]" in t for t in scored)

@@ -19,6 +19,33 @@ def test_path_with_string_dtype_loads_model_and_tokenizer(tiny_model_dir):
     assert tokenizer.eos_token == "<|im_end|>"
 
 
+def test_quantization_config_and_revision_reach_from_pretrained(tiny_model_dir, monkeypatch):
+    # bitsandbytes needs a GPU: record what from_pretrained is given instead of loading 4-bit.
+    import transformers
+    from transformers import BitsAndBytesConfig
+
+    calls = []
+    for auto in ("AutoModelForCausalLM", "AutoTokenizer"):
+        real = getattr(transformers, auto).from_pretrained
+
+        def record(path, *a, _real=real, _auto=auto, **kwargs):
+            calls.append((_auto, dict(kwargs)))
+            kwargs.pop("quantization_config", None)
+            return _real(path, *a, **kwargs)
+
+        monkeypatch.setattr(getattr(transformers, auto), "from_pretrained", record)
+    quantized = BitsAndBytesConfig(load_in_4bit=True)
+    args = SimpleNamespace(model_init_kwargs={"revision": "v1"}, trust_remote_code=False)
+    load_model_and_tokenizer(str(tiny_model_dir), args, None, quantization_config=quantized)
+    (_, model_kwargs), (_, tokenizer_kwargs) = calls
+    assert model_kwargs["quantization_config"] is quantized
+    assert model_kwargs["revision"] == tokenizer_kwargs["revision"] == "v1"
+    assert model_kwargs["trust_remote_code"] is tokenizer_kwargs["trust_remote_code"] is False
+    both = SimpleNamespace(model_init_kwargs={"quantization_config": {}}, trust_remote_code=False)
+    with pytest.raises(ValueError, match="set it in one place"):
+        load_model_and_tokenizer(str(tiny_model_dir), both, None, quantization_config=quantized)
+
+
 def test_bad_dtype_and_missing_tokenizer_are_explained(tiny_model_dir, tiny_tokenizer):
     with pytest.raises(ValueError, match="torch dtype name such as 'bfloat16'"):
         load_model_and_tokenizer(

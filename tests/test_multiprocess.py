@@ -452,3 +452,34 @@ def test_sigkill_between_checkpoints_resumes_and_pays_nothing_twice(tmp_path):
     requests, hits = logged(resumed, "ranker/requests"), logged(resumed, "ranker/cache_hits")
     assert requests[-2] == 0 and hits[-2] > 0
     assert requests[-1] > 0 and hits[-1] == 0
+
+
+def test_a_budget_holds_across_a_sigkill_and_a_resume_from_an_older_checkpoint(tmp_path):
+    """budget_requests=8 for a job that wants 12 (6 steps of 2 prompts, one round each):
+    killed after step 2 with the last checkpoint at step 1, resumed. The ledger in the cache
+    file counted what steps 1-2 paid, so the server sees exactly 8 requests in all."""
+    from chat_server import ChatServer, rank_by
+
+    def train(server, *extra: str) -> tuple[int, str]:
+        command = [sys.executable, str(SCRIPT), "--out", str(tmp_path / "out")]
+        command += ["--ranker_url", server.base_url, "--cache", str(tmp_path / "c.sqlite")]
+        command += ["--steps", "6", "--save_steps", "1", "--max_rounds", "1"]
+        command += ["--budget_requests", "8", *extra]
+        return run(command, script_env())
+
+    with ChatServer(rank_by(lambda text: text.count("e"))) as server:
+        code, output = train(server, "--kill_at_step", "2")
+        assert code == -signal.SIGKILL, output[-6000:]
+        assert (tmp_path / "out" / "checkpoint-1").exists()
+        assert not (tmp_path / "out" / "checkpoint-2").exists()
+        paid_before_kill = server.count
+        code, output = train(server, "--resume")
+        assert code == 0, output[-6000:]
+        paid_after_resume = server.count - paid_before_kill
+    resumed = json.loads((tmp_path / "out" / "rank0.json").read_text())
+    assert resumed["global_step"] == 6
+    assert paid_before_kill == 4  # two steps of two requests, before the kill
+    assert paid_before_kill + paid_after_resume == 8  # exactly the budget, over the whole job
+    assert paid_after_resume > 0  # the resumed run sent the remainder
+    # It wanted more: the requests past the budget failed as "budget exhausted".
+    assert sum(logged(resumed, "ranker/failures")) > 0

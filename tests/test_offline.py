@@ -24,6 +24,7 @@ def config(tmp_path, **overrides):
         max_completion_length=16,
         max_prompt_length=64,
         learning_rate=1e-3,
+        logging_steps=1,
         report_to="none",
         save_strategy="no",
         use_cpu=True,

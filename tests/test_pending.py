@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import threading
+import time
 
 from cyclealign.rankers.base import BlackBoxRanker
 from cyclealign.rankers.pending import PendingRanking
@@ -66,3 +68,55 @@ def test_a_future_that_raises_later():
 
     results = PendingRanking(Late(), REQUESTS).wait()
     assert all("TimeoutError: slow" in r.error for r in results)
+
+
+class Stalls(BlackBoxRanker):
+    """Answers the first request at once and the others only when released."""
+
+    def __init__(self, per_request: bool):
+        self.per_request = per_request
+        self.release = threading.Event()
+
+    def rank(self, requests):
+        raise AssertionError("unused")
+
+    def _answer(self, index, request):
+        future = concurrent.futures.Future()
+        if index == 0:
+            future.set_result(RankResult(list(range(len(request.responses)))))
+        else:
+            threading.Thread(target=lambda: (self.release.wait(), future.set_result(
+                RankResult([0, 1])))).start()  # fmt: skip
+        return future
+
+    def submit_each(self, requests):
+        if not self.per_request:
+            return None
+        return [self._answer(i, r) for i, r in enumerate(requests)]
+
+    def submit(self, requests):
+        futures = [self._answer(i, r) for i, r in enumerate(requests)]
+        batch = concurrent.futures.Future()
+        threading.Thread(target=lambda: batch.set_result([f.result() for f in futures])).start()
+        return batch
+
+
+def test_a_round_deadline_fails_what_is_missing_and_cancels_nothing():
+    for per_request in (True, False):
+        ranker = Stalls(per_request)
+        pending = PendingRanking(ranker, REQUESTS, deadline_s=0.3)
+        start = time.monotonic()
+        first, second = pending.wait()
+        assert time.monotonic() - start < 2
+        assert "round deadline (0.3 s)" in second.error and second.ranking is None
+        assert pending.late == (1 if per_request else 2)
+        # Per-request futures keep what came in time; a batch future is all or nothing.
+        assert (first.ranking == [0, 1, 2]) is per_request
+        ranker.release.set()
+
+
+def test_no_deadline_waits():
+    ranker = Stalls(per_request=True)
+    threading.Timer(0.2, ranker.release.set).start()
+    results = PendingRanking(ranker, REQUESTS).wait()
+    assert [r.ranking for r in results] == [[0, 1, 2], [0, 1]]

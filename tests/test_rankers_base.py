@@ -73,3 +73,27 @@ def test_state_dict_restores_usage():
     fresh.load_state_dict(state)
     assert fresh.usage == ranker.usage
     assert fresh.usage is not ranker.usage
+
+
+def test_demonstration_tokens_count_with_the_rankers_tokenizer_or_estimate(tiny_tokenizer):
+    from cyclealign.demonstrations import CHARS_PER_TOKEN
+    from cyclealign.prompts import dialogue_text
+    from cyclealign.rankers.prompt import RankingTemplate
+    from cyclealign.types import Demonstration
+
+    class Plain(BlackBoxRanker):
+        def rank(self, requests):
+            return []
+
+    demo = Demonstration("How do I bake bread?", ["Mix flour.", "No idea."], [0, 1])
+    plain = Plain()
+    text = "\n".join([dialogue_text(demo.prompt), *demo.responses])
+    assert plain.demonstration_tokens(demo) == -(-len(text) // CHARS_PER_TOKEN)
+    # With a template, its rendering of the demonstration is what counts.
+    plain.template = RankingTemplate()
+    turns = "\n".join(t["content"] for t in plain.template.demonstration_turns(demo))
+    assert plain.demonstration_tokens(demo) == -(-len(turns) // CHARS_PER_TOKEN)
+    # With a tokenizer (LocalChatRanker has its model's), the tokens themselves.
+    plain.tokenizer = tiny_tokenizer
+    expected = len(tiny_tokenizer(turns, add_special_tokens=False)["input_ids"])
+    assert plain.demonstration_tokens(demo) == expected != -(-len(turns) // CHARS_PER_TOKEN)

@@ -13,7 +13,13 @@ try:  # the HTTP library of the installed openai SDK (httpx2 in recent releases)
 except ImportError:  # pragma: no cover - older SDKs
     import httpx
 
-from cyclealign.rankers.retry import MAX_RETRY_AFTER_S, RequestFailure, backoff, classify
+from cyclealign.rankers.retry import (
+    MAX_RETRY_AFTER_S,
+    RequestFailure,
+    backoff,
+    check_backoff,
+    classify,
+)
 
 
 def status_error(status: int, headers: dict[str, str] | None = None) -> openai.APIStatusError:
@@ -32,6 +38,8 @@ def status_error(status: int, headers: dict[str, str] | None = None) -> openai.A
         ({"retry-after-ms": "250", "Retry-After": "9"}, 0.25),  # milliseconds win
         ({"Retry-After": "100000"}, MAX_RETRY_AFTER_S),
         ({"Retry-After": "soon"}, None),
+        ({"Retry-After": "-5"}, None),  # negative: the backoff applies, not zero
+        ({"retry-after-ms": "-1", "Retry-After": "3"}, 3.0),
         ({}, None),
     ],
 )
@@ -43,6 +51,30 @@ def test_retry_after_as_an_http_date():
     date = email.utils.formatdate(time.time() + 30, usegmt=True)
     kind, retry, wait = classify(status_error(503, {"Retry-After": date}))
     assert (kind, retry) == ("server", True) and 25 <= wait <= 31
+
+
+def test_a_retry_after_date_in_the_past_falls_back_to_the_backoff():
+    date = email.utils.formatdate(time.time() - 60, usegmt=True)
+    assert classify(status_error(503, {"Retry-After": date})) == ("server", True, None)
+
+
+def test_408_is_a_timeout_and_is_retried():
+    assert classify(status_error(408, {"Retry-After": "1"})) == ("timeout", True, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("base", "cap", "message"),
+    [
+        (-0.5, 30.0, "backoff_base must be a number of seconds >= 0"),
+        (0.5, -1.0, "backoff_max must be a number"),
+        (float("nan"), 30.0, "backoff_base must be"),
+        (0.5, float("inf"), "backoff_max must be finite"),
+        (5.0, 1.0, "must be >= backoff_base"),
+    ],
+)
+def test_invalid_backoff_is_rejected(base, cap, message):
+    with pytest.raises(ValueError, match=message):
+        check_backoff(base, cap)
 
 
 def test_auth_and_other_client_errors_are_final():

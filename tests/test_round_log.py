@@ -30,3 +30,9 @@ def test_failures_successes_and_chat_prompts_load_together(tmp_path):
     assert data["ranking"] == [[], [0]] and data["error"] == ["down", ""]
     assert data["scores"] == [[], [1.0]] and data["better_response"] == ["", "d"]
     assert data["raw_text"] == ["503", ""] and data["round"] == [0, 1]
+    # What the black box was shown: the dialogue, after truncation when there was one.
+    assert data["ranker_prompt"] == ["Human: hi", "plain"]
+    cut = log_row(step=0, round_index=0, process_index=0, prompt="a long prompt",
+                  rendered_prompt="x", responses=["c"], result=RankResult([0]),
+                  whitebox_ranking=[0], agreement=[0], ranker_prompt="[...] prompt")  # fmt: skip
+    assert cut["ranker_prompt"] == "[...] prompt" and cut["prompt"] == "a long prompt"

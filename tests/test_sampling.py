@@ -1,4 +1,4 @@
-"""Sampling candidates, completion masks with pad == EOS, the sampling config."""
+"""Sampling candidates, completion masks with pad == EOS, stop strings, the sampling config."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from transformers import GenerationConfig
 
 from cyclealign.config import CycleAlignConfig
 from cyclealign.sampling import (
+    EndedResponse,
     checkpointing_paused,
+    end_responses,
     eos_token_ids,
     sample_candidates,
     sampling_config,
@@ -128,3 +130,88 @@ def test_checkpointing_paused_keeps_the_configured_settings(tiny_tokenizer):
     with pytest.raises(RuntimeError, match="inside"), checkpointing_paused(model):
         raise RuntimeError("inside")
     assert [layer.gradient_checkpointing for layer in model.model.layers] == flags
+
+
+# -- stop strings --------------------------------------------------------------------------
+
+
+class ForceText:
+    """A logits processor that makes the model write ``text`` over and over."""
+
+    def __init__(self, tokenizer, text, prompt_len):
+        self.script = tokenizer(text, add_special_tokens=False)["input_ids"]
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids, scores):
+        token = self.script[(input_ids.shape[1] - self.prompt_len) % len(self.script)]
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, token] = 0
+        return forced
+
+
+def forced_candidates(tmp_path, tokenizer, text, **config):
+    """Two prompts x 2 samples from a tiny model that can only write ``text``, repeated."""
+    from transformers import LogitsProcessorList
+
+    model = build_tiny_model(tokenizer)
+    batch = tokenizer(["hello world", "one two"], return_tensors="pt", padding=True)
+    processor = ForceText(tokenizer, text, batch["input_ids"].shape[1])
+    original = model.generate
+    model.generate = lambda **kw: original(**kw, logits_processor=LogitsProcessorList([processor]))
+    args = CycleAlignConfig(output_dir=str(tmp_path), max_completion_length=12, **config)
+    eos = tokenizer.eos_token_id
+    return sample_candidates(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        num_generations=2,
+        generation_config=sampling_config(args, tokenizer, [eos]),
+        tokenizer=tokenizer,
+        eos_token_ids=[eos],
+    )
+
+
+@pytest.mark.parametrize("pad_is_eos", [True, False])
+@pytest.mark.parametrize(
+    "config",
+    [{"stop_strings": ["Human:"]}, {"generation_kwargs": {"stop_strings": ["Human:"]}}],
+    ids=["field", "generation_kwargs"],
+)
+def test_stop_strings_end_a_response_before_them_with_an_eos(tmp_path, pad_is_eos, config):
+    tokenizer = build_tiny_tokenizer(pad_is_eos=pad_is_eos)
+    eos = tokenizer.eos_token_id
+    # "Human" is one token after a space token: the stop string starts at a token boundary
+    # here; the space before it stays in the response.
+    cands = forced_candidates(tmp_path, tokenizer, "hello Human: world ", **config)
+    assert cands.texts == [["hello "], ["hello "]]
+    assert cands.truncated == [[False], [False]]
+    hello = tokenizer("hello ", add_special_tokens=False)["input_ids"]
+    for b in range(2):
+        n = int(cands.completion_mask[b, 0].sum())
+        # The response's tokens, then the EOS a finished response scores, then nothing.
+        assert cands.completion_ids[b, 0, :n].tolist() == [*hello, eos]
+    # Without stop strings the model runs on into the invented turn, to the length limit.
+    on = forced_candidates(tmp_path, tokenizer, "hello Human: world ")
+    assert all("Human:" in text for texts in on.texts for text in texts)
+    assert on.truncated == [[True], [True]] and eos not in on.completion_ids.flatten().tolist()
+
+
+def test_end_responses_cuts_inside_a_token_and_takes_an_engines_texts(tiny_tokenizer):
+    eos = tiny_tokenizer.eos_token_id
+    ids = tiny_tokenizer("hello Human: world", add_special_tokens=False)["input_ids"]
+    kw = dict(tokenizer=tiny_tokenizer, eos_token_ids=[eos])
+    # "man:" begins inside the token "Human": that token goes, the text ends before "man:".
+    (cut,) = end_responses([ids], stop_strings=["man:"], **kw)
+    assert cut.finished and cut.text == "hello " and cut.token_ids[-1] == eos
+    assert tiny_tokenizer.decode(cut.token_ids[:-1]) == "hello "
+    # The earliest of several stop strings wins; an EOS before any stop string ends it first.
+    (first,) = end_responses([ids], stop_strings=["world", "Human:"], **kw)
+    assert first.text == "hello "
+    hello = tiny_tokenizer("hello", add_special_tokens=False)["input_ids"]
+    (by_eos,) = end_responses([[*hello, eos, *ids]], stop_strings=["Human:"], **kw)
+    assert by_eos.text == "hello" and by_eos.token_ids == [*hello, eos]
+    # An engine that decodes itself passes its texts; no stop string: cut by the length limit.
+    (engine,) = end_responses([ids], ["as the engine decoded it"], **kw)
+    assert engine == EndedResponse(ids, "as the engine decoded it", False)
+    (empty,) = end_responses([[]], **kw)
+    assert empty == EndedResponse([eos], "", True)

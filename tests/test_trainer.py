@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,6 +73,7 @@ def make_args(tmp_path, **overrides):
         num_generations=4,
         max_rounds=2,
         learning_rate=1e-3,
+        logging_steps=1,
         save_strategy="no",
         disable_tqdm=True,
         seed=0,
@@ -321,6 +323,97 @@ def test_whitebox_failure_policy_still_trains(tmp_path):
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
 
 
+# -- TRL reward functions as the ranker -------------------------------------------------------
+
+THINK = "<think>a</think>b"
+
+
+def _first_sample_thinks(model, tokenizer, num_generations):
+    """Make the first of each prompt's samples ``THINK`` (then EOS), the rest as sampled."""
+    eos = tokenizer.eos_token_id
+    think = torch.tensor(tokenizer(THINK, add_special_tokens=False)["input_ids"] + [eos])
+    sample = model.generate
+
+    def generate(input_ids, attention_mask, generation_config):
+        out = sample(
+            input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config
+        )
+        start = input_ids.shape[1]
+        out = torch.nn.functional.pad(
+            out, (0, max(0, start + len(think) - out.shape[1])), value=eos
+        )
+        out[::num_generations, start:] = eos
+        out[::num_generations, start : start + len(think)] = think
+        return out
+
+    model.generate = generate
+
+
+def test_think_format_reward_ranks_the_thinking_candidate_first(tmp_path):
+    from trl.rewards import think_format_reward
+
+    from cyclealign.rankers import FunctionRanker
+
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_model(tokenizer)
+    _first_sample_thinks(model, tokenizer, num_generations=4)
+    chats = [[{"role": "user", "content": p}] for p in PROMPTS[:4]]
+    ranker = FunctionRanker(think_format_reward)
+    trainer = make_trainer(
+        tmp_path, ranker, tokenizer=tokenizer, model=model, prompts=chats, round_log=True
+    )
+    trainer.train()
+    log = Path(trainer.args.output_dir, "round_log.jsonl").read_text()
+    rows = [json.loads(line) for line in log.splitlines()]
+    assert rows and all(r["responses"][0] == THINK for r in rows)
+    assert all(r["ranking"][0] == 0 and r["scores"][0] == 1.0 for r in rows)
+    assert all(s == 0.0 for r in rows for s in r["scores"][1:])
+    assert sum(logged(trainer, "cycle/updates")) >= 1
+
+
+def test_a_reward_function_receives_dataset_columns_and_the_trainer_state(tmp_path):
+    from cyclealign.rankers import FunctionRanker
+
+    seen = []
+
+    def reward(prompts, completions, completion_ids, solution, trainer_state, **kwargs):
+        seen.append((list(zip(prompts, solution)), trainer_state, completion_ids, completions))
+        return [float(len(c)) for c in completions]
+
+    tokenizer = build_tiny_tokenizer()
+    prompts = PROMPTS[:4]
+    trainer = CycleAlignTrainer(
+        build_tiny_model(tokenizer),
+        make_args(tmp_path, max_steps=1),
+        train_dataset=Dataset.from_dict({"prompt": prompts, "solution": ["s0", "s1", "s2", "s3"]}),
+        processing_class=tokenizer,
+        ranker=FunctionRanker(reward),
+    )
+    trainer.train()
+    assert seen
+    for pairs, state, ids, completions in seen:
+        assert all(solution == f"s{prompts.index(p)}" for p, solution in pairs)
+        assert state is trainer.state
+        for token_ids, text in zip(ids, completions):
+            assert tokenizer.decode(token_ids, skip_special_tokens=True) == text
+
+
+def test_a_reward_function_that_raises_stops_training_with_its_traceback(tmp_path):
+    import traceback
+
+    from cyclealign.rankers import FunctionRanker
+
+    def broken_reward(completions, **kwargs):
+        return [len(c) / 0 for c in completions]
+
+    trainer = make_trainer(tmp_path, FunctionRanker(broken_reward), max_steps=2)
+    with pytest.raises(ZeroDivisionError) as info:
+        trainer.train()
+    frames = [frame.name for frame in traceback.extract_tb(info.value.__traceback__)]
+    assert "broken_reward" in frames and "training_step" in frames
+    assert trainer.state.global_step == 0
+
+
 # -- round log, evaluation ------------------------------------------------------------------
 
 
@@ -436,6 +529,37 @@ def test_peft_lora_trains_only_the_adapter_and_saves_it(tmp_path):
     assert "model.safetensors" not in files
 
 
+def test_same_seed_same_lora_weights_whatever_the_rng_state(tmp_path):
+    import random
+
+    import numpy as np
+    import peft
+
+    tokenizer = build_tiny_tokenizer()
+    adapters = []
+    for disturbance in (1, 2):
+        model = build_tiny_model(tokenizer)  # seeds torch itself: disturb the state after it
+        torch.manual_seed(1000 + disturbance)  # a different global RNG state each time
+        random.seed(disturbance)
+        np.random.seed(disturbance)
+        torch.randn(disturbance * 7)
+        trainer = CycleAlignTrainer(
+            model,
+            make_args(tmp_path / str(disturbance), seed=3),
+            train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+            processing_class=tokenizer,
+            ranker=CountRanker("e"),
+            # init_lora_weights=False draws lora_B at random too, so both matrices are compared
+            peft_config=peft.LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False),
+        )
+        adapters.append({n: p.detach().clone() for n, p in trainer.model.named_parameters()
+                         if "lora_" in n})  # fmt: skip
+    first, second = adapters
+    assert first and first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+
+
 def test_model_path_and_chat_message_prompts(tmp_path, tiny_model_dir):
     ranker = CountRanker("e")
     messages = [[{"role": "user", "content": p}] for p in PROMPTS[:2]]
@@ -454,9 +578,12 @@ def test_model_path_and_chat_message_prompts(tmp_path, tiny_model_dir):
 def test_tokenizer_without_chat_template_uses_human_assistant_format(tmp_path):
     tokenizer = build_tiny_tokenizer(chat_template=False, pad_is_eos=False)
     ranker = CountRanker("e")
-    trainer = make_trainer(tmp_path, ranker, tokenizer=tokenizer, max_steps=1)
-    batch = trainer.data_collator([{"prompt": "Tell me a joke."}])
+    chats = [[{"role": "user", "content": p}] for p in PROMPTS]
+    trainer = make_trainer(tmp_path, ranker, tokenizer=tokenizer, prompts=chats, max_steps=1)
+    batch = trainer.data_collator([{"prompt": [{"role": "user", "content": "Tell me a joke."}]}])
     assert tokenizer.decode(batch["input_ids"][0]) == "\n\nHuman: Tell me a joke.\n\nAssistant:"
+    raw = "\n\nHuman: hi\n\nAssistant:"  # a string is raw text, as in TRL
+    assert tokenizer.decode(trainer.data_collator([{"prompt": raw}])["input_ids"][0]) == raw
     trainer.train()
     assert trainer.state.global_step == 1 and ranker.requests
 
@@ -592,3 +719,60 @@ def test_dropout_is_disabled_unless_asked_to_keep_it(tmp_path, disable):
     )
     rates = {layer.self_attn.attention_dropout for layer in trainer.model.model.layers}
     assert rates == ({0.0} if disable else {0.25})
+
+
+class PartlyAgrees(WhiteboxEcho):
+    """The white-box ranking with its last two swapped: the agreement is all but one."""
+
+    def __init__(self):
+        super().__init__(disagree_rounds=0)
+        self.requests = []
+
+    def rank(self, requests):
+        self.requests.extend(requests)
+        whitebox = self.tap.wait()
+        return [RankResult(w[:-2] + w[-2:][::-1]) for w in whitebox]
+
+
+def test_demonstrations_grow_round_by_round_at_the_defaults(tmp_path):
+    ranker = PartlyAgrees()
+    trainer = make_trainer(
+        tmp_path,
+        ranker,
+        max_steps=1,
+        max_rounds=5,
+        per_device_train_batch_size=1,
+        stop_on_full_agreement=False,
+        max_completion_length=8,
+    )
+    args = trainer.args
+    assert args.max_demonstrations is None and args.demonstration_max_tokens == 4096
+    ranker.attach(trainer)
+    trainer.train()
+    assert all(len(r.responses) >= 3 for r in ranker.requests)  # so each round adds one
+    # Each round's agreement on this prompt joins the next requests, the newest last.
+    assert [len(r.demonstrations) for r in ranker.requests] == [0, 1, 2, 3, 4]
+    for earlier, later in zip(ranker.requests, ranker.requests[1:]):
+        assert later.demonstrations[:-1] == earlier.demonstrations
+        assert later.demonstrations[-1].prompt == earlier.prompt
+    assert logged(trainer, "demos/per_request") == [2.0]  # (0 + 1 + 2 + 3 + 4) / 5
+    # The budget bounds them: with room for about two, every request stays within it.
+    tokens = [ranker.demonstration_tokens(d) for d in ranker.requests[-1].demonstrations]
+    budget = max(tokens) * 2
+    small = PartlyAgrees()
+    capped = make_trainer(
+        tmp_path / "capped",
+        small,
+        max_steps=1,
+        max_rounds=5,
+        per_device_train_batch_size=1,
+        stop_on_full_agreement=False,
+        max_completion_length=8,
+        demonstration_max_tokens=budget,
+    )
+    small.attach(capped)
+    capped.train()
+    counts = [len(r.demonstrations) for r in small.requests]
+    assert counts[:3] == [0, 1, 2] and counts[-1] < 4
+    for request in small.requests:
+        assert sum(small.demonstration_tokens(d) for d in request.demonstrations) <= budget

@@ -10,7 +10,7 @@ from cyclealign.types import Demonstration, RankRequest, RankResult, Usage
 def test_usage_accumulates_and_round_trips():
     a = Usage(requests=2, cache_hits=1, retries=3, prompt_tokens=10, completion_tokens=4)
     a.failures["parse"] += 1
-    b = Usage(requests=1, prompt_tokens=5)
+    b = Usage(requests=1, prompt_tokens=5, cache_repairs=1)
     b.failures["parse"] += 2
     b.failures["timeout"] += 1
     a.add(b)
@@ -21,6 +21,7 @@ def test_usage_accumulates_and_round_trips():
         "failures": {"parse": 3, "timeout": 1},
         "prompt_tokens": 15,
         "completion_tokens": 4,
+        "cache_repairs": 1,
     }
     assert a.total_failures == 4 and a.total_tokens == 19
     assert Usage.from_dict(a.as_dict()) == a
@@ -31,6 +32,11 @@ def test_request_and_demonstration_are_normalised():
     request = RankRequest([{"role": "user", "content": "hi"}], ["a", "b"], [demo])
     assert request.responses == ("a", "b")
     assert request.demonstrations == (demo,)
+    assert request.columns == {} and request.completion_ids is None
+    with_ids = RankRequest("p", ["a", "b"], columns={"solution": 2}, completion_ids=[[1], [2, 3]])
+    assert with_ids.completion_ids == ([1], [2, 3]) and with_ids.columns == {"solution": 2}
+    with pytest.raises(ValueError, match="2 completion_ids for 3 responses"):
+        RankRequest("p", ["a", "b", "c"], completion_ids=[[1], [2]])
 
 
 def test_result_ok_and_demonstration_checks():

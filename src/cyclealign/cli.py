@@ -1,5 +1,11 @@
 """The ``cyclealign`` command.
 
+    cyclealign train --config examples/configs/cpu_demo.yaml [--field value ...]
+    accelerate launch [--config_file ...] -m cyclealign train --config x.yaml [...]
+
+trains (:mod:`cyclealign.scripts.train`, as ``trl grpo``: the script's arguments,
+``CycleAlignConfig`` and TRL's ``ModelConfig``, from a YAML file and flags).
+
     cyclealign evaluate --model runs/cpu_demo --dataset path/to/hh-rlhf --num_samples 100 \
         --reward_model path/to/reward-model [--baseline path/to/base-model \
         --judge_base_url http://localhost:8000/v1 --judge_model NAME] [--training_run DIR]
@@ -21,6 +27,12 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cyclealign", description="CycleAlign tools.")
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "train",
+        help="Train with CycleAlign (or the offline PRO/RRHF baselines) from a YAML config and "
+        "flags; `cyclealign train --help` lists them.",
+        add_help=False,  # the training script's own parser answers --help
+    )
     ev = commands.add_parser(
         "evaluate",
         help="Reward scores, pairwise judging and plots, as in the CycleAlign paper.",
@@ -36,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--num_samples", type=int, default=100, help="Prompts, even per subset.")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--max_completion_length", type=int, default=128)
+    ev.add_argument(
+        "--stop_strings",
+        nargs="*",
+        default=None,
+        help="Answers end before the first of these, as in training (e.g. Human: Assistant: "
+        "for a model without a chat template).",
+    )
     ev.add_argument("--batch_size", type=int, default=8)
     ev.add_argument("--reward_model", default=None, help="AutoModelForSequenceClassification.")
     ev.add_argument("--judge_model", default=None, help="Judge model name on the server.")
@@ -52,8 +71,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "train":
+        from .scripts.train import main as train
+
+        train(rest, prog="cyclealign train")
+        return 0
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = _parser().parse_args(argv)
     if args.command == "evaluate":
         from .evaluation.run import run_evaluation
 

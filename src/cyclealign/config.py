@@ -15,6 +15,7 @@ _CHOICES = {
     "ranker_failure_policy": ("skip", "whitebox"),
     "reward_from_ranking": ("linear", "scores"),
     "demonstration_selection": ("recent", "similar"),
+    "invalid_rows": ("drop", "error"),
 }
 
 
@@ -38,6 +39,9 @@ class CycleAlignConfig(TrainingArguments):
             string `dtype` is turned into the `torch` dtype. With `gguf_file`, the GGUF checkpoint
             is converted once to safetensors under `output_dir/gguf-safetensors` (transformers
             cannot save a GGUF-loaded model, so checkpoints would fail otherwise).
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Allow models and tokenizers that ship their own Python code on the Hub, for the
+            white-box model and its tokenizer (TRL's field, as in `GRPOConfig`).
         disable_dropout (`bool`, *optional*, defaults to `True`):
             Set every dropout probability of the model (adapters' included) to 0. The white-box
             ranking compares the model's own log-likelihoods of the candidates; dropout would add
@@ -47,7 +51,15 @@ class CycleAlignConfig(TrainingArguments):
 
         max_prompt_length (`int` or `None`, *optional*, defaults to `256`):
             Prompts longer than this many tokens lose their oldest tokens (left truncation keeps
-            the end of the conversation, where the question is). `None` keeps everything.
+            the end of the conversation, where the question is). `None` keeps everything. The
+            black box is shown the same truncated conversation, with `[...]` where it was cut.
+        invalid_rows (`str`, *optional*, defaults to `"drop"`):
+            What to do with dataset rows whose prompt cannot be trained on (missing or `None`,
+            not a string or messages, empty, a message with an unknown role or without
+            content), found before anything is sent to the black box: `"drop"` them, with a
+            count per reason in the log and the end-of-run summary (`data/invalid_rows`), or
+            `"error"`: refuse the dataset, listing the first few. Map-style datasets are checked
+            when the trainer is built; iterable datasets as their rows are read.
         num_generations (`int`, *optional*, defaults to `4`):
             Responses sampled per prompt in each round. Identical samples of one prompt are
             collapsed, so a prompt may end up with fewer candidates.
@@ -66,9 +78,19 @@ class CycleAlignConfig(TrainingArguments):
         repetition_penalty (`float`, *optional*, defaults to `1.0`):
             Penalty (> 0) for tokens already in the prompt or the response so far: above `1.0`
             encourages new tokens, below `1.0` repetition. `1.0` disables it.
+        stop_strings (`list[str]` or `None`, *optional*):
+            A response ends before the first of these strings (transformers' `stop_strings`;
+            `generation_kwargs={"stop_strings": [...]}` works too). It counts as finished: it
+            gets the EOS that a response which ended by itself scores. For prompts in
+            HH-RLHF's raw `Human:`/`Assistant:` format, PRO's list
+            (`cyclealign.data.hh_rlhf.HH_RLHF_STOP_STRINGS`) stops a base model from writing
+            the next turns itself. `None`: none.
         generation_kwargs (`dict[str, Any]` or `str`, *optional*):
             Extra [`~transformers.GenerationConfig`] fields. Where one names a parameter above
             (`top_k`, `min_p`, ...), it overrides that parameter, as in TRL.
+        chat_template_kwargs (`dict[str, Any]` or `str`, *optional*):
+            Extra keyword arguments of `apply_chat_template` for message-list prompts (for
+            example `{"enable_thinking": false}`), as in TRL. String prompts are raw text.
 
         > Parameters that control the cycle
 
@@ -96,6 +118,14 @@ class CycleAlignConfig(TrainingArguments):
             How a ranking becomes rewards: `"linear"` gives ranks `n-1, ..., 0` best-first;
             `"scores"` uses the ranker's `scores` where it returns them (one finite value per
             response) and falls back to linear otherwise.
+        ranking_deadline (`float` or `None`, *optional*):
+            Seconds a round waits for the black box's rankings, counted from when they are sent.
+            Past it, the missing rankings count as failures for that round (`ranker/late`) and
+            training goes on. Nothing is cancelled: an answer that comes later is still cached
+            (it was paid for) and used by a re-run. `None`: the ranker's own bound
+            (`BlackBoxRanker.deadline_s`; for `OpenAIRanker`, every attempt of each request and
+            its repair running to `timeout`, with the backoffs, in waves of `max_concurrency`),
+            and no deadline for a ranker that gives none.
 
         > Parameters that control the demonstrations
 
@@ -107,16 +137,22 @@ class CycleAlignConfig(TrainingArguments):
             replace the ranker's `template` (a `RankingTemplate`, as `OpenAIRanker` and
             `LocalChatRanker` have) with a copy without it; other rankers get a warning. Both
             switches `False` is the paper's "w/o ICL" (the bare instruction).
-        max_demonstrations (`int`, *optional*, defaults to `2`):
-            Dynamic demonstrations sent with each ranking request.
+        demonstration_max_tokens (`int` or `None`, *optional*, defaults to `4096`):
+            Prompt-token budget of the dynamic demonstrations sent with one ranking request: as
+            many as fit are sent, the most relevant first (the agreements of earlier rounds on
+            the same prompt, then by `demonstration_selection`), so the prompt grows with the
+            pool, as in the paper, and stays bounded. Counted with the ranker's tokenizer where
+            it has one (`LocalChatRanker`), otherwise estimated at 4 characters a token. 4096
+            holds at least four demonstrations of 4 responses of 128 tokens with prompts of 384
+            tokens (the reproduction settings). `None`: no budget (then set
+            `max_demonstrations`).
+        max_demonstrations (`int` or `None`, *optional*):
+            At most this many dynamic demonstrations per request, within the token budget.
+            `None`: no cap.
         demonstration_selection (`str`, *optional*, defaults to `"recent"`):
-            Which pool entries to show: `"recent"` or `"similar"` (closest prompts).
+            Which pool entries to show first: `"recent"` or `"similar"` (closest prompts).
         demonstration_pool_size (`int`, *optional*, defaults to `256`):
             Agreements kept in the pool; the oldest are dropped first.
-        demonstration_max_chars (`int` or `None`, *optional*):
-            Character budget (prompts plus responses) of the demonstrations sent with one ranking
-            request; the least relevant are left out first. `None`: no budget beyond
-            `max_demonstrations`.
 
         > Parameters that control the loss
 
@@ -135,15 +171,27 @@ class CycleAlignConfig(TrainingArguments):
         round_log (`bool`, *optional*, defaults to `False`):
             Append every round's prompts, candidates, both rankings, the raw black-box answer
             and the agreement to `output_dir/round_log.jsonl`.
+        log_completions (`bool`, *optional*, defaults to `False`):
+            At every log, show the latest step's rounds (prompt, responses, both rankings,
+            agreement, better response): printed with `rich` when it is installed, and as a
+            `completions` table to every tracker in `report_to` that takes tables (`wandb`,
+            `trackio`). TRL's name and default.
+        num_completions_to_print (`int` or `None`, *optional*):
+            Rows printed to the console per log (a sample); `None` prints all. The trackers
+            always get all. TRL's name and default.
 
     > [!NOTE]
     > Defaults that differ from [`~transformers.TrainingArguments`]:
-    > - `remove_unused_columns`: `False` (the trainer needs the raw `prompt` column).
-    > - `logging_steps`: `1` instead of `500` (a step is several rounds of sampling and
-    >   black-box calls).
+    > - `remove_unused_columns`: `False` (the trainer needs the raw `prompt` column and the
+    >   ranker the other columns), as in TRL's `GRPOConfig`.
+    > - `learning_rate`: `1e-6` instead of `5e-5`, as in `GRPOConfig`.
+    > - `logging_steps`: `10` instead of `500`, as in `GRPOConfig`.
     > - `num_train_epochs`: `1.0` instead of `3.0` (the paper trains one epoch).
     > - `per_device_train_batch_size`: `2` instead of `8` (each prompt becomes
     >   `num_generations` sequences, up to `max_rounds` times per step).
+    >
+    > Defaults that differ from TRL's `GRPOConfig`, with the reasons, are listed in
+    > `docs/trainer.md`.
     >
     > `gradient_accumulation_steps` must stay `1`: rounds update the weights between each
     > other, so accumulating across micro-batches would mix gradients of different models.
@@ -154,6 +202,7 @@ class CycleAlignConfig(TrainingArguments):
         *TrainingArguments._VALID_DICT_FIELDS,
         "model_init_kwargs",
         "generation_kwargs",
+        "chat_template_kwargs",
         "ranking_loss_kwargs",
     ]
 
@@ -164,8 +213,11 @@ class CycleAlignConfig(TrainingArguments):
             "help": "Keep dataset columns the model does not take; the trainer needs `prompt`."
         },
     )
+    learning_rate: float = field(
+        default=1e-6, metadata={"help": "The initial learning rate for AdamW (GRPO's default)."}
+    )
     logging_steps: float = field(
-        default=1,
+        default=10,
         metadata={
             "help": "Log every X update steps (an int, or a float in [0, 1) for a ratio of the total)."
         },
@@ -183,6 +235,10 @@ class CycleAlignConfig(TrainingArguments):
             'path or hub id, e.g. \'{"dtype": "bfloat16"}\'.'
         },
     )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow models and tokenizers with custom code from the Hub."},
+    )
     disable_dropout: bool = field(
         default=True,
         metadata={
@@ -194,6 +250,13 @@ class CycleAlignConfig(TrainingArguments):
     max_prompt_length: int | None = field(
         default=256,
         metadata={"help": "Prompts longer than this (tokens) are left-truncated. None: no limit."},
+    )
+    invalid_rows: str = field(
+        default="drop",
+        metadata={
+            "help": "Rows whose prompt cannot be trained on: 'drop' (and count them) or 'error'.",
+            "choices": list(_CHOICES["invalid_rows"]),
+        },
     )
     num_generations: int = field(
         default=4, metadata={"help": "Responses sampled per prompt per round."}
@@ -217,9 +280,20 @@ class CycleAlignConfig(TrainingArguments):
         default=1.0,
         metadata={"help": "Penalty (> 0) for tokens already seen; > 1.0 discourages repeats."},
     )
+    stop_strings: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "A response ends before the first of these strings and counts as finished "
+            "(it gets an EOS). None: none."
+        },
+    )
     generation_kwargs: dict | str | None = field(
         default=None,
         metadata={"help": "Extra GenerationConfig fields; where one names a field above, it wins."},
+    )
+    chat_template_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "Extra apply_chat_template kwargs for message prompts, as in TRL."},
     )
 
     # -- the cycle ------------------------------------------------------------------------------
@@ -257,6 +331,13 @@ class CycleAlignConfig(TrainingArguments):
             "choices": list(_CHOICES["reward_from_ranking"]),
         },
     )
+    ranking_deadline: float | None = field(
+        default=None,
+        metadata={
+            "help": "Seconds a round waits for its rankings; later ones fail for the round (and "
+            "are cached when they come). None: the ranker's own bound."
+        },
+    )
 
     # -- demonstrations -----------------------------------------------------------------------
     use_dynamic_demonstrations: bool = field(
@@ -270,8 +351,16 @@ class CycleAlignConfig(TrainingArguments):
             "use_dynamic_demonstrations=False: the paper's 'w/o ICL'."
         },
     )
-    max_demonstrations: int = field(
-        default=2, metadata={"help": "Dynamic demonstrations per ranking request."}
+    demonstration_max_tokens: int | None = field(
+        default=4096,
+        metadata={
+            "help": "Prompt tokens of the dynamic demonstrations per ranking request: as many "
+            "as fit are sent (>= 4 of 4 responses x 128 tokens at 4096). None: no budget."
+        },
+    )
+    max_demonstrations: int | None = field(
+        default=None,
+        metadata={"help": "At most this many dynamic demonstrations per request. None: no cap."},
     )
     demonstration_selection: str = field(
         default="recent",
@@ -282,10 +371,6 @@ class CycleAlignConfig(TrainingArguments):
     )
     demonstration_pool_size: int = field(
         default=256, metadata={"help": "Agreements kept in the demonstration pool."}
-    )
-    demonstration_max_chars: int | None = field(
-        default=None,
-        metadata={"help": "Character budget of the demonstrations sent with one request."},
     )
 
     # -- loss -----------------------------------------------------------------------------------
@@ -305,6 +390,13 @@ class CycleAlignConfig(TrainingArguments):
         default=False,
         metadata={"help": "Append every round to output_dir/round_log.jsonl."},
     )
+    log_completions: bool = field(
+        default=False,
+        metadata={"help": "At every log, print the latest rounds and send them to trackers."},
+    )
+    num_completions_to_print: int | None = field(
+        default=None, metadata={"help": "Rows printed per log; None: all (trackers get all)."}
+    )
 
     def __post_init__(self) -> None:
         if self.ddp_backend is None and _deepspeed_without_accelerator(self.deepspeed):
@@ -313,7 +405,12 @@ class CycleAlignConfig(TrainingArguments):
             # micro_batch_per_gpu * gradient_acc_step * world_size". gloo is the CPU backend.
             self.ddp_backend = "gloo"
         super().__post_init__()
-        for name in ("model_init_kwargs", "generation_kwargs", "ranking_loss_kwargs"):
+        for name in (
+            "model_init_kwargs",
+            "generation_kwargs",
+            "chat_template_kwargs",
+            "ranking_loss_kwargs",
+        ):
             setattr(self, name, _parse_dict(name, getattr(self, name)))
         self._validate()
 
@@ -329,13 +426,23 @@ class CycleAlignConfig(TrainingArguments):
         _check_int("num_generations", self.num_generations, 2, "a ranking needs two responses")
         _check_int("max_rounds", self.max_rounds, 1, "at least one round per step")
         _check_int("max_completion_length", self.max_completion_length, 1, "responses need a token")
-        _check_int("max_demonstrations", self.max_demonstrations, 0, "0 sends none")
+        if self.max_demonstrations is not None:
+            _check_int("max_demonstrations", self.max_demonstrations, 0, "0 sends none")
         _check_int("demonstration_pool_size", self.demonstration_pool_size, 1, "")
         if self.max_failed_steps is not None:
             _check_int("max_failed_steps", self.max_failed_steps, 1, "or None to never stop")
-        for name in ("max_prompt_length", "scoring_batch_size", "demonstration_max_chars"):
+        if self.num_completions_to_print is not None:
+            _check_int("num_completions_to_print", self.num_completions_to_print, 0, "or None")
+        for name in ("max_prompt_length", "scoring_batch_size", "demonstration_max_tokens"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1, "or None for no limit")
+        if self.demonstration_max_tokens is None and self.max_demonstrations is None:
+            raise ValueError(
+                "CycleAlignConfig: demonstration_max_tokens and max_demonstrations are both None, "
+                "so every ranking request would carry the whole demonstration pool "
+                f"(up to demonstration_pool_size={self.demonstration_pool_size}). Set a token "
+                "budget (demonstration_max_tokens, default 4096) or a cap (max_demonstrations)."
+            )
         if not self.temperature > 0:
             raise ValueError(
                 f"CycleAlignConfig: temperature must be > 0 (responses are sampled), got "
@@ -356,6 +463,24 @@ class CycleAlignConfig(TrainingArguments):
             raise ValueError(
                 f"CycleAlignConfig: repetition_penalty must be > 0, got "
                 f"{self.repetition_penalty}. Use 1.0 to disable it."
+            )
+        deadline = self.ranking_deadline
+        if deadline is not None and (
+            isinstance(deadline, bool)
+            or not isinstance(deadline, (int, float))
+            or not 0 < deadline < float("inf")
+        ):
+            raise ValueError(
+                f"CycleAlignConfig: ranking_deadline must be a number of seconds > 0 or None (the "
+                f"ranker's own bound), got {deadline!r}."
+            )
+        if self.stop_strings is not None and (
+            isinstance(self.stop_strings, str)
+            or not all(isinstance(x, str) and x for x in self.stop_strings)
+        ):
+            raise ValueError(
+                f"CycleAlignConfig: stop_strings must be a list of non-empty strings such as "
+                f"['Human:', 'Assistant:'], or None, got {self.stop_strings!r}."
             )
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:

@@ -13,7 +13,7 @@ import json
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .prompts import dialogue_text
@@ -23,13 +23,27 @@ if TYPE_CHECKING:
     from .config import CycleAlignConfig
     from .targets import PromptOutcome
 
-__all__ = ["Demonstration", "DemonstrationPool", "select_demonstrations", "share_agreements"]
+__all__ = [
+    "CHARS_PER_TOKEN",
+    "Demonstration",
+    "DemonstrationPool",
+    "estimate_tokens",
+    "select_demonstrations",
+    "share_agreements",
+]
 
 logger = logging.getLogger(__name__)
 
+#: The estimate of prompt tokens where no tokenizer counts them: about four characters of
+#: English text a token (OpenAI's rule of thumb for its tokenizers).
+CHARS_PER_TOKEN = 4
 
-def _chars(demo: Demonstration) -> int:
-    return len(dialogue_text(demo.prompt)) + sum(len(r) for r in demo.responses)
+
+def estimate_tokens(demo: Demonstration) -> int:
+    """About how many prompt tokens ``demo`` costs: its prompt and responses at
+    :data:`CHARS_PER_TOKEN` characters a token (rounded up)."""
+    chars = len(dialogue_text(demo.prompt)) + sum(len(r) for r in demo.responses)
+    return -(-chars // CHARS_PER_TOKEN)
 
 
 def _words(prompt: Prompt) -> set[str]:
@@ -45,17 +59,21 @@ class DemonstrationPool:
 
     Bounded by ``max_size`` demonstrations; the oldest go first. Identical demonstrations are
     kept once (re-adding one makes it the most recent). What one ranking request is shown is
-    bounded separately (``select``'s ``max_chars``), so a long demonstration stays available
+    bounded separately (``select``'s ``max_tokens``), so a long demonstration stays available
     to the requests it fits.
 
-    ``select(query, k)`` picks what goes into one ranking prompt:
+    ``select(query, k, max_tokens=...)`` picks what goes into one ranking prompt, by
+    relevance: first the agreements on the query's own prompt (from earlier rounds), then
+    the others by the policy:
 
-    - ``"recent"``: the ``k`` most recently added, oldest first, so the newest (made by the
-      most trained model, hence closest to what the black box is ranking now) sits right
-      before the query;
-    - ``"similar"``: the ``k`` with the highest word-set Jaccard similarity to the query,
-      least similar first (again: the most relevant ends next to the query); ties go to the
-      more recent. Only the words of the messages count, not their role labels.
+    - ``"recent"``: the most recently added first (made by the most trained model, hence
+      closest to what the black box is ranking now);
+    - ``"similar"``: the highest word-set Jaccard similarity to the query first; ties go to
+      the more recent. Only the words of the messages count, not their role labels.
+
+    It takes them in that order while they fit ``max_tokens`` (one that does not fit is
+    left out and the next is tried), up to ``k``, and returns them least relevant first, so
+    the most relevant ends right before the query.
 
     Two pools compare equal when their :meth:`state_dict` are equal.
 
@@ -71,6 +89,9 @@ class DemonstrationPool:
         self.max_size = int(max_size)
         self._items: OrderedDict[str, tuple[int, Demonstration]] = OrderedDict()
         self._counter = 0  # insertion order survives state_dict round trips
+        # Tokens of each demonstration, by key, as the last ``count_tokens`` counted them.
+        self._tokens: dict[str, int] = {}
+        self._count_tokens: Callable[[Demonstration], int] | None = None
 
     @staticmethod
     def _key(demo: Demonstration) -> str:
@@ -89,7 +110,8 @@ class DemonstrationPool:
 
     def _evict(self) -> None:
         while len(self._items) > self.max_size:
-            self._items.popitem(last=False)
+            key, _ = self._items.popitem(last=False)
+            self._tokens.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -100,35 +122,55 @@ class DemonstrationPool:
     def select(
         self,
         query: Prompt,
-        k: int,
+        k: int | None = None,
         policy: str | None = None,
-        max_chars: int | None = None,
+        max_tokens: int | None = None,
+        count_tokens: Callable[[Demonstration], int] = estimate_tokens,
     ) -> list[Demonstration]:
-        """Up to ``k`` demonstrations for ``query``, in the order to show them (see class doc).
+        """Demonstrations for ``query``, in the order to show them (see class doc).
 
-        ``max_chars`` drops the least relevant picks until the selection fits that budget.
+        Args:
+            query: the prompt the request is for.
+            k: most demonstrations (``None``: no cap).
+            policy: ``"recent"`` (default) or ``"similar"``.
+            max_tokens: the prompt tokens they may take together (``None``: no budget).
+            count_tokens: the tokens one demonstration takes (default :func:`estimate_tokens`);
+                each demonstration is counted once while it stays in the pool.
         """
         policy = policy or "recent"
         if policy not in self.POLICIES:
             raise ValueError(f"Unknown selection policy {policy!r}; use one of {self.POLICIES}.")
-        if k <= 0 or not self._items:
+        if (k is not None and k <= 0) or not self._items:
             return []
-        entries = list(self._items.values())  # (counter, demo), oldest first
+        entries = list(self._items.items())  # (key, (counter, demo)), oldest first
         if policy == "recent":
-            ranked = sorted(entries, key=lambda e: -e[0])
+
+            def relevance(entry: tuple[str, tuple[int, Demonstration]]) -> tuple:
+                return (entry[1][1].prompt != query, -entry[1][0])
         else:
             words = _words(query)
 
-            def similarity(entry: tuple[int, Demonstration]) -> float:
-                other = _words(entry[1].prompt)
+            def relevance(entry: tuple[str, tuple[int, Demonstration]]) -> tuple:
+                other = _words(entry[1][1].prompt)
                 union = words | other
-                return len(words & other) / len(union) if union else 0.0
+                similarity = len(words & other) / len(union) if union else 0.0
+                return (entry[1][1].prompt != query, -similarity, -entry[1][0])
 
-            ranked = sorted(entries, key=lambda e: (-similarity(e), -e[0]))
-        picked = [demo for _, demo in ranked[:k]]  # most relevant first
-        if max_chars is not None:
-            while picked and sum(_chars(d) for d in picked) > max_chars:
-                picked.pop()
+        if count_tokens != self._count_tokens:
+            self._tokens.clear()
+            self._count_tokens = count_tokens
+        picked: list[Demonstration] = []
+        used = 0
+        for key, (_, demo) in sorted(entries, key=relevance):  # most relevant first
+            if k is not None and len(picked) >= k:
+                break
+            if max_tokens is not None:
+                if key not in self._tokens:
+                    self._tokens[key] = int(count_tokens(demo))
+                if used + self._tokens[key] > max_tokens:
+                    continue
+                used += self._tokens[key]
+            picked.append(demo)
         return picked[::-1]  # the most relevant ends right before the query
 
     def state_dict(self) -> dict[str, Any]:
@@ -161,6 +203,7 @@ class DemonstrationPool:
                 self.max_size,
             )
         self._items.clear()
+        self._tokens.clear()
         for count, demo in sorted(items, key=lambda item: item[0]):
             self._items[self._key(demo)] = (count, demo)
         self._counter = max([counter, *(c for c, _ in items)])
@@ -178,9 +221,14 @@ class DemonstrationPool:
 
 
 def select_demonstrations(
-    pool: DemonstrationPool, prompt: Prompt, args: CycleAlignConfig
+    pool: DemonstrationPool,
+    prompt: Prompt,
+    args: CycleAlignConfig,
+    count_tokens: Callable[[Demonstration], int] = estimate_tokens,
 ) -> list[Demonstration]:
-    """The dynamic demonstrations to send with ``prompt`` (none when switched off)."""
+    """The dynamic demonstrations to send with ``prompt``: as many as fit
+    ``args.demonstration_max_tokens`` (counted by ``count_tokens``, the ranker's count), at
+    most ``args.max_demonstrations``; none when switched off."""
     if not args.use_dynamic_demonstrations or args.max_demonstrations == 0 or not len(pool):
         return []
     return list(
@@ -188,7 +236,8 @@ def select_demonstrations(
             prompt,
             args.max_demonstrations,
             policy=args.demonstration_selection,
-            max_chars=args.demonstration_max_chars,
+            max_tokens=args.demonstration_max_tokens,
+            count_tokens=count_tokens,
         )
     )
 

@@ -109,20 +109,31 @@ def outside_zero3() -> Iterator[None]:
 
 
 def load_model_and_tokenizer(
-    model: Any, args: CycleAlignConfig, processing_class: Any
+    model: Any, args: CycleAlignConfig, processing_class: Any, quantization_config: Any = None
 ) -> tuple[Any, Any]:
     """The model (loaded when ``model`` is a path or hub id) and its tokenizer.
 
     ``args.model_init_kwargs`` go to ``from_pretrained``; a string ``dtype`` becomes the
-    ``torch`` dtype. With ``gguf_file`` the checkpoint is first converted to safetensors
-    under ``output_dir/gguf-safetensors`` (once; a GGUF-loaded model cannot be saved, so
-    checkpoints would fail).
+    ``torch`` dtype, ``trust_remote_code`` defaults to ``args.trust_remote_code`` and
+    ``quantization_config`` (TRL's ``get_quantization_config``) is added, as TRL's trainers do.
+    The tokenizer is loaded with the same ``revision`` and ``trust_remote_code``. With
+    ``gguf_file`` the checkpoint is first converted to safetensors under
+    ``output_dir/gguf-safetensors`` (once; a GGUF-loaded model cannot be saved, so checkpoints
+    would fail).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if isinstance(model, (str, os.PathLike)):
         path = str(model)
         kwargs = dict(args.model_init_kwargs or {})
+        if quantization_config is not None:
+            if "quantization_config" in kwargs:
+                raise ValueError(
+                    "quantization_config was given both to the trainer and in "
+                    "args.model_init_kwargs; set it in one place (the trainer argument)."
+                )
+            kwargs["quantization_config"] = quantization_config
+        kwargs.setdefault("trust_remote_code", getattr(args, "trust_remote_code", False))
         gguf_file = kwargs.pop("gguf_file", None)
         dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
         if dtype is not None:
@@ -133,15 +144,23 @@ def load_model_and_tokenizer(
                 path = str(materialize_gguf(path, gguf_file, out))
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         if processing_class is None:
-            processing_class = AutoTokenizer.from_pretrained(path)
+            processing_class = AutoTokenizer.from_pretrained(
+                path,
+                revision=None if gguf_file else kwargs.get("revision"),
+                trust_remote_code=kwargs["trust_remote_code"],
+            )
         return model, processing_class
 
     if args.model_init_kwargs:
         logger.warning("model_init_kwargs are ignored: the model passed is already loaded.")
+    if quantization_config is not None:
+        logger.warning("quantization_config is ignored: the model passed is already loaded.")
     if processing_class is None:
         name = getattr(getattr(model, "config", None), "_name_or_path", "")
         try:
-            processing_class = AutoTokenizer.from_pretrained(name)
+            processing_class = AutoTokenizer.from_pretrained(
+                name, trust_remote_code=getattr(args, "trust_remote_code", False)
+            )
         except Exception as err:
             raise ValueError(
                 "CycleAlignTrainer: pass processing_class (the tokenizer) when model is an "

@@ -3,8 +3,12 @@
 Layout: a prompt is left-padded (``[B, P]``), its candidates are right-padded completions
 (``[B, C, L]``). A response token is a position from the end of the prompt up to and
 including the first EOS; a response cut by ``max_completion_length`` has no EOS and none is
-appended. The completion mask is built from these positions, never from ``!= pad_token_id``,
-so tokenizers whose pad token is the EOS token work.
+appended. A response that reached a stop string ends before it and gets an EOS: it finished,
+as one that ended by itself did. The completion mask is built from these positions, never
+from ``!= pad_token_id``, so tokenizers whose pad token is the EOS token work.
+
+:func:`end_responses` is where a sampled completion becomes a response (EOS, stop strings,
+truncation); any sampling engine feeds it token ids (and, if it has them, texts).
 """
 
 from __future__ import annotations
@@ -21,10 +25,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Candidates",
+    "EndedResponse",
     "checkpointing_paused",
+    "end_responses",
     "eos_token_ids",
     "sample_candidates",
     "sampling_config",
+    "stop_strings_of",
 ]
 
 
@@ -44,6 +51,90 @@ class Candidates:
     candidate_mask: torch.Tensor  # [B, C] bool, distinct responses
     texts: list[list[str]]  # distinct response texts per prompt
     truncated: list[list[bool]]  # per distinct response: cut by max_completion_length (no EOS)
+
+    def token_ids(self) -> list[list[list[int]]]:
+        """Per prompt, each distinct response's token ids (its EOS included when it ended)."""
+        ids, mask = self.completion_ids.cpu(), self.completion_mask.cpu()
+        return [
+            [ids[b, j][mask[b, j]].tolist() for j in range(len(t))]
+            for b, t in enumerate(self.texts)
+        ]
+
+
+@dataclass
+class EndedResponse:
+    """One sampled completion as a response."""
+
+    token_ids: list[int]  # the response's tokens, its EOS included when it finished
+    text: str  # what the ranker sees (special tokens left out)
+    finished: bool  # ended by an EOS or a stop string; False: cut by the length limit
+
+
+def end_responses(
+    completions: Sequence[Sequence[int]],
+    texts: Sequence[str] | None = None,
+    *,
+    tokenizer: Any,
+    eos_token_ids: Sequence[int],
+    stop_strings: Sequence[str] | None = None,
+) -> list[EndedResponse]:
+    """Where each sampled completion ends, in tokens and text.
+
+    ``completions`` are the token ids an engine generated after the prompt (padding after an
+    EOS or a stop string is allowed). ``texts``, when the engine has them, are their decoded
+    texts up to the first EOS with any stop string still in them (vLLM:
+    ``include_stop_str_in_output=True``); ``None`` decodes here (``skip_special_tokens``).
+
+    A response ends at its first EOS, which it keeps (it finished). One whose text contains a
+    stop string ends before the first one: its tokens are the longest prefix whose text
+    stops before it, its text is theirs, and it gets ``eos_token_ids[0]``, because it
+    finished too (transformers leaves the stop string in its output; so may other engines).
+    Any other response was cut by the length limit and has no EOS. An empty completion is an
+    empty finished response (its EOS only).
+    """
+    eos = set(int(i) for i in eos_token_ids)
+    stops = [
+        s for s in ([stop_strings] if isinstance(stop_strings, str) else stop_strings or []) if s
+    ]
+    ended: list[EndedResponse] = []
+    for i, row in enumerate(completions):
+        row = [int(t) for t in row] or [int(eos_token_ids[0])]
+        first_eos = next((k for k, t in enumerate(row) if t in eos), None)
+        body = row if first_eos is None else row[:first_eos]
+        text = texts[i] if texts is not None else _decode(tokenizer, body)
+        cut = _before_stop_string(body, text, stops, tokenizer) if stops else None
+        if cut is not None:
+            ended.append(
+                EndedResponse([*cut, int(eos_token_ids[0])], _decode(tokenizer, cut), True)
+            )
+        elif first_eos is not None:
+            ended.append(EndedResponse(row[: first_eos + 1], text, True))
+        else:
+            ended.append(EndedResponse(row, text, False))
+    return ended
+
+
+def _decode(tokenizer: Any, ids: Sequence[int]) -> str:
+    return tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def _before_stop_string(
+    ids: list[int], text: str, stops: Sequence[str], tokenizer: Any
+) -> list[int] | None:
+    """The longest prefix of ``ids`` whose text ends before the first stop string in ``text``
+    (``None``: no stop string). A stop string may begin inside a token; that token goes too."""
+    starts = [text.find(s) for s in stops if s in text]
+    if not starts:
+        return None
+    target = text[: min(starts)]
+    low, high = 0, len(ids)  # binary search: the prefix texts grow with the prefix
+    while low < high:
+        mid = (low + high + 1) // 2
+        if target.startswith(_decode(tokenizer, ids[:mid])):
+            low = mid
+        else:
+            high = mid - 1
+    return ids[:low]
 
 
 @contextmanager
@@ -79,43 +170,39 @@ def sample_candidates(
     chunk_rows: int | None = None,
 ) -> Candidates:
     """Sample ``num_generations`` responses per prompt in one ``generate`` call (or in calls of
-    ``chunk_rows`` sequences, to bound memory), then collapse identical responses of a
-    prompt (same decoded text) to one candidate."""
-    batch, prompt_len = prompt_ids.shape
+    ``chunk_rows`` sequences, to bound memory), end them (:func:`end_responses`, with the
+    generation config's ``stop_strings``), then collapse identical responses of a prompt
+    (same text) to one candidate."""
+    batch = prompt_ids.shape[0]
+    prompt_len = prompt_ids.shape[1]
     ids = prompt_ids.repeat_interleave(num_generations, dim=0)
     mask = prompt_mask.repeat_interleave(num_generations, dim=0)
     step = chunk_rows or ids.shape[0]
+    stops = stop_strings_of(generation_config)
+    # transformers' stop strings need the tokenizer; a generate without them is left alone.
+    extra = {"tokenizer": tokenizer} if stops else {}
     outs = [
         model.generate(
             input_ids=ids[start : start + step],
             attention_mask=mask[start : start + step],
             generation_config=generation_config,
+            **extra,
         )
         for start in range(0, ids.shape[0], step)
     ]
-    # Chunks stop at different lengths; EOS padding reads as "ended" and is cut below.
-    out_width = max(o.shape[1] for o in outs)
-    out = torch.cat(
-        [
-            torch.nn.functional.pad(o, (0, out_width - o.shape[1]), value=int(eos_token_ids[0]))
-            for o in outs
-        ]
+    # Host-device sync: the completions are read back once, to end, decode and collapse them.
+    rows = [row for out in outs for row in out[:, prompt_len:].tolist()]
+    ended = end_responses(
+        rows, tokenizer=tokenizer, eos_token_ids=eos_token_ids, stop_strings=stops
     )
-    completions = out[:, prompt_len:]
-    if completions.shape[1] == 0:  # nothing generated at all: one empty, truncated token slot
-        completions = torch.full_like(out[:, :1], int(eos_token_ids[0]))
-    is_eos = torch.isin(completions, torch.tensor(list(eos_token_ids), device=completions.device))
-    ended = is_eos.any(dim=1)
-    first_eos = is_eos.int().argmax(dim=1)
-    lengths = torch.where(ended, first_eos + 1, completions.shape[1])
-    width = int(lengths.max())
-    completions = completions[:, :width]
-    mask = torch.arange(width, device=completions.device)[None, :] < lengths[:, None]
+    width = max(len(r.token_ids) for r in ended)
+    completions = torch.full((len(ended), width), int(eos_token_ids[0]), dtype=torch.long)
+    mask = torch.zeros(len(ended), width, dtype=torch.bool)
+    for i, response in enumerate(ended):
+        completions[i, : len(response.token_ids)] = torch.tensor(response.token_ids)
+        mask[i, : len(response.token_ids)] = True
     completions = completions.view(batch, num_generations, width)
     mask = mask.view(batch, num_generations, width)
-    # Host-device sync: lengths and EOS flags are read back once, to decode and collapse.
-    lengths_list = lengths.view(batch, num_generations).tolist()
-    ended_list = ended.view(batch, num_generations).tolist()
 
     slots = torch.zeros(batch, num_generations, dtype=torch.long)
     candidate_mask = torch.zeros(batch, num_generations, dtype=torch.bool)
@@ -124,26 +211,29 @@ def sample_candidates(
     for b in range(batch):
         seen: dict[str, int] = {}
         for j in range(num_generations):
-            n_text = lengths_list[b][j] - (1 if ended_list[b][j] else 0)
-            text = tokenizer.decode(completions[b, j, :n_text].tolist(), skip_special_tokens=True)
-            if text not in seen:
-                seen[text] = j
+            seen.setdefault(ended[b * num_generations + j].text, j)
         kept = list(seen.values())
         texts.append(list(seen))
-        truncated.append([not ended_list[b][j] for j in kept])
+        truncated.append([not ended[b * num_generations + j].finished for j in kept])
         slots[b, : len(kept)] = torch.tensor(kept)
         candidate_mask[b, : len(kept)] = True
-    slots = slots.to(completions.device)
     index = slots[:, :, None].expand(-1, -1, width)
+    device = prompt_ids.device
     return Candidates(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask,
-        completion_ids=completions.gather(1, index),
-        completion_mask=mask.gather(1, index),
-        candidate_mask=candidate_mask.to(completions.device),
+        completion_ids=completions.gather(1, index).to(device),
+        completion_mask=mask.gather(1, index).to(device),
+        candidate_mask=candidate_mask.to(device),
         texts=texts,
         truncated=truncated,
     )
+
+
+def stop_strings_of(generation_config: Any) -> list[str]:
+    """The generation config's ``stop_strings`` as a list (``[]``: none)."""
+    stops = getattr(generation_config, "stop_strings", None)
+    return [stops] if isinstance(stops, str) else list(stops or [])
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -163,8 +253,8 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
 
 def sampling_config(args: CycleAlignConfig, tokenizer: Any, eos_ids: Sequence[int]) -> Any:
     """The ``GenerationConfig`` of the rounds: sampling with the config's ``temperature``,
-    ``top_p``, ``top_k``, ``min_p`` and ``repetition_penalty``, overridden key by key by
-    ``args.generation_kwargs`` (as TRL's trainers do)."""
+    ``top_p``, ``top_k``, ``min_p``, ``repetition_penalty`` and ``stop_strings``, overridden
+    key by key by ``args.generation_kwargs`` (as TRL's trainers do)."""
     from transformers import GenerationConfig
 
     return GenerationConfig(
@@ -178,6 +268,7 @@ def sampling_config(args: CycleAlignConfig, tokenizer: Any, eos_ids: Sequence[in
             "repetition_penalty": args.repetition_penalty,
             "pad_token_id": tokenizer.pad_token_id,
             "eos_token_id": list(eos_ids),
+            "stop_strings": args.stop_strings,
             **(args.generation_kwargs or {}),
         }
     )

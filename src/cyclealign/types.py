@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,15 +77,36 @@ class Demonstration:
 
 @dataclass(frozen=True)
 class RankRequest:
-    """One prompt, its candidate responses and the demonstrations to show with it."""
+    """One prompt, its candidate responses and the demonstrations to show with it.
+
+    Args:
+        prompt: the prompt, a string or chat messages.
+        responses: the candidate responses, indexed ``0..n-1``.
+        demonstrations: the demonstrations to show with them.
+        columns: the prompt's dataset row without its ``prompt`` (for example a ``solution``),
+            as TRL gives reward functions the dataset's other columns.
+        completion_ids: the token ids of each response (its EOS included when it ended by
+            itself), when the white-box model sampled them; ``None`` otherwise.
+    """
 
     prompt: Prompt
     responses: Sequence[str]
     demonstrations: Sequence[Demonstration] = ()
+    columns: Mapping[str, Any] = field(default_factory=dict)
+    completion_ids: Sequence[Sequence[int]] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "responses", tuple(self.responses))
         object.__setattr__(self, "demonstrations", tuple(self.demonstrations))
+        object.__setattr__(self, "columns", dict(self.columns))
+        if self.completion_ids is not None:
+            ids = tuple([int(t) for t in row] for row in self.completion_ids)
+            if len(ids) != len(self.responses):
+                raise ValueError(
+                    f"RankRequest: {len(ids)} completion_ids for {len(self.responses)} responses; "
+                    "give one list of token ids per response, or None."
+                )
+            object.__setattr__(self, "completion_ids", ids)
 
 
 @dataclass
@@ -98,6 +119,7 @@ class Usage:
     failures: Counter[str] = field(default_factory=Counter)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cache_repairs: int = 0  # cached answers that could not be read, so were asked again
 
     @property
     def total_failures(self) -> int:
@@ -115,6 +137,7 @@ class Usage:
         self.failures.update(other.failures)
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
+        self.cache_repairs += other.cache_repairs
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -124,6 +147,7 @@ class Usage:
             "failures": dict(self.failures),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "cache_repairs": self.cache_repairs,
         }
 
     @classmethod

@@ -198,6 +198,7 @@ def main() -> None:
     parser.add_argument("--ddp_backend", default=None)
     parser.add_argument("--ranker_url", default=None, help="rank through OpenAIRanker here")
     parser.add_argument("--cache", default=None, help="the OpenAIRanker's SQLite cache")
+    parser.add_argument("--budget_requests", type=int, default=None, help="OpenAIRanker's budget")
     parser.add_argument("--save_steps", type=int, default=0)
     parser.add_argument("--kill_at_step", type=int, default=0, help="SIGKILL when it ends")
     parser.add_argument("--resume", action="store_true")
@@ -251,7 +252,12 @@ def main() -> None:
     if cli.ranker_url:
         from cyclealign.rankers import OpenAIRanker
 
-        ranker = OpenAIRanker("judge", base_url=cli.ranker_url, cache_path=cli.cache)
+        ranker = OpenAIRanker(
+            "judge",
+            base_url=cli.ranker_url,
+            cache_path=cli.cache,
+            budget_requests=cli.budget_requests,
+        )
         ranker.seen = []
     trainer = CycleAlignTrainer(
         model,

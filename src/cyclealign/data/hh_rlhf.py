@@ -38,13 +38,26 @@ from typing import Any
 
 from ..prompts import ROLE_NAMES
 
-__all__ = ["DROP_REASONS", "HH_SUBSETS", "HHRLHFReport", "load_hh_rlhf", "split_dialogue"]
+__all__ = [
+    "DROP_REASONS",
+    "HH_RLHF_STOP_STRINGS",
+    "HH_SUBSETS",
+    "HHRLHFReport",
+    "load_hh_rlhf",
+    "split_dialogue",
+]
 
 logger = logging.getLogger("cyclealign.data")
 
 HH_SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
 DROP_REASONS = ("different_prefix", "malformed", "empty_reply", "identical_replies")
 FORMATS = ("prompts", "ranked")
+PROMPT_FORMATS = ("messages", "raw")
+
+#: Where a response to a raw-format prompt (``"\n\nHuman: ...\n\nAssistant:"``) ends: the
+#: list of the official PRO code's ``early_truncation``. A base model given that format
+#: writes the next ``Human:`` turn itself; ``CycleAlignConfig(stop_strings=...)`` cuts it.
+HH_RLHF_STOP_STRINGS = ("Human:", "human:", "Assistant:", "assistant:")
 
 _TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 # HH-RLHF speaker names -> chat roles: the inverse of the one role map.
@@ -132,7 +145,9 @@ def _convert(row: dict[str, str]) -> tuple[str | None, dict[str, Any] | None]:
     if chosen_reply == rejected_reply:
         return "identical_replies", None
     converted = {"prompt": prompt, "chosen": chosen_reply, "rejected": rejected_reply}
-    return None, {**converted, "merged": len(prompt) < len(turns)}
+    # The raw text a base model is given: the dialogue as written, up to "\n\nAssistant:".
+    raw = chosen[:c_cut] + _LAST_ASSISTANT
+    return None, {**converted, "raw_prompt": raw, "merged": len(prompt) < len(turns)}
 
 
 def _read_rows(source: str, subset: str, split: str) -> Iterable[dict[str, str]]:
@@ -166,6 +181,7 @@ def load_hh_rlhf(
     seed: int = 0,
     format: str = "prompts",
     return_report: bool = False,
+    prompt_format: str = "messages",
 ) -> Any:
     """Load HH-RLHF as a ``datasets.Dataset``.
 
@@ -177,11 +193,16 @@ def load_hh_rlhf(
         num_samples: draw this many rows, evenly across the subsets (the remainder goes to
             the first subsets), as the paper's 1,000-prompt sample does; ``None``: all.
         seed: seeds the draw.
-        format: ``"prompts"``: columns ``prompt`` (chat messages ending with the human's
-            turn), ``chosen``, ``rejected``, ``subset``; ``"ranked"``: ``prompt``,
+        format: ``"prompts"``: columns ``prompt`` (the dialogue ending with the human's
+            turn, see ``prompt_format``), ``chosen``, ``rejected``, ``subset``; ``"ranked"``: ``prompt``,
             ``responses`` (``[chosen, rejected]``), ``rewards`` (``[1.0, 0.0]``), ``subset``
             (training data for offline PRO/RRHF).
         return_report: also return the :class:`HHRLHFReport` of kept and dropped rows.
+        prompt_format: ``"messages"``: the prompt as chat messages, for a chat model (its chat
+            template renders them); ``"raw"``: the dialogue as the data writes it,
+            ``"\n\nHuman: ...\n\nAssistant: ...\n\nHuman: ...\n\nAssistant:"``, the raw text a
+            base model is given (a string prompt is raw text, as in TRL). The black box sees
+            the same dialogue either way.
 
     Returns:
         The dataset, or ``(dataset, report)`` with ``return_report=True``.
@@ -194,6 +215,11 @@ def load_hh_rlhf(
         raise ValueError(f"Unknown HH-RLHF subsets {unknown}; choose from {list(HH_SUBSETS)}.")
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}.")
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(
+            f"prompt_format must be one of {PROMPT_FORMATS} ('messages' for a chat model, 'raw' "
+            f"for a base model), got {prompt_format!r}."
+        )
     source = os.fspath(source)
     report = HHRLHFReport()
     per_subset: dict[str, list[dict[str, Any]]] = {}
@@ -210,6 +236,9 @@ def load_hh_rlhf(
                 continue
             if converted.pop("merged"):
                 merged.append(index)
+            raw = converted.pop("raw_prompt")
+            if prompt_format == "raw":
+                converted["prompt"] = raw
             kept.append({**converted, "subset": subset})
         report.rows[subset], report.kept[subset] = count, len(kept)
         report.dropped[subset], report.merged[subset] = dropped, merged

@@ -162,10 +162,13 @@ def sample_and_score(
     max_completion_length: int = 64,
     temperature: float = 1.0,
     max_prompt_length: int | None = None,
+    stop_strings: Sequence[str] | None = None,
 ) -> tuple[list[list[str]], list[list[float]]]:
     """Sample ``num_samples`` responses per prompt from ``model`` and score them.
 
-    Prompts are rendered and tokenized as the trainer does (``PromptCollator``). ``score_fn``
+    Prompts are rendered and tokenized as the trainer does (``PromptCollator``), and
+    responses end as in training (:func:`cyclealign.sampling.end_responses`, with
+    ``stop_strings``). ``score_fn``
     is a TRL-style reward function ``(prompts, completions) -> list[float]``; a
     ``RewardModelRanker``'s ``score`` method fits. Returns ``(candidates, scores)`` for
     :func:`add_candidates`.
@@ -173,7 +176,7 @@ def sample_and_score(
     import torch
 
     from ..prompts import PromptCollator
-    from ..sampling import eos_token_ids
+    from ..sampling import end_responses, eos_token_ids
 
     eos = eos_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
@@ -194,11 +197,19 @@ def sample_and_score(
                 num_return_sequences=num_samples,
                 pad_token_id=pad,
                 eos_token_id=eos,
+                **(
+                    {"stop_strings": list(stop_strings), "tokenizer": tokenizer}
+                    if stop_strings
+                    else {}
+                ),
             )
-        texts = tokenizer.batch_decode(
-            out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
+        ended = end_responses(
+            out[:, batch["input_ids"].shape[1] :].tolist(),
+            tokenizer=tokenizer,
+            eos_token_ids=eos,
+            stop_strings=stop_strings,
         )
-        samples.append([t.strip() for t in texts])
+        samples.append([r.text.strip() for r in ended])
     flat = [c for row in samples for c in row]
     values = list(score_fn([p for p, row in zip(prompts, samples) for _ in row], flat))
     if len(values) != len(flat):

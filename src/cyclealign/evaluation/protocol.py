@@ -71,11 +71,16 @@ def generate_responses(
     max_completion_length: int = 128,
     batch_size: int = 8,
     max_prompt_length: int | None = 512,
+    stop_strings: Sequence[str] | None = None,
 ) -> list[str]:
     """Greedy answers to ``prompts`` (strings or chat messages), in batches.
 
-    Prompts are rendered as in training (chat template, or ``Human:``/``Assistant:``).
+    Prompts are rendered as in training (chat template, or ``Human:``/``Assistant:``). With
+    ``stop_strings`` an answer ends before the first of them, as in training
+    (:func:`cyclealign.sampling.end_responses`).
     """
+    from ..sampling import end_responses, eos_token_ids
+
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -91,14 +96,23 @@ def generate_responses(
             truncation=max_prompt_length is not None,
             max_length=max_prompt_length,
         ).to(device)
+        stops = {"stop_strings": list(stop_strings), "tokenizer": tokenizer} if stop_strings else {}
         out = model.generate(
             **batch,
             max_new_tokens=max_completion_length,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
+            **stops,
         )
         new = out[:, batch["input_ids"].shape[1] :]
-        answers += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+        if stop_strings:
+            eos = eos_token_ids(model, tokenizer)
+            ended = end_responses(
+                new.tolist(), tokenizer=tokenizer, eos_token_ids=eos, stop_strings=stop_strings
+            )
+            answers += [r.text.strip() for r in ended]
+        else:
+            answers += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
     return answers
 
 

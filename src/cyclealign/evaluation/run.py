@@ -45,6 +45,7 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
         prompts,
         max_completion_length=args.max_completion_length,
         batch_size=args.batch_size,
+        stop_strings=getattr(args, "stop_strings", None),
     )
     results: dict[str, Any] = {"model": args.model, "adapter": args.adapter, "n": len(prompts)}
     sections = [f"# Evaluation of {args.model}\n"]
@@ -69,6 +70,7 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
             prompts,
             max_completion_length=args.max_completion_length,
             batch_size=args.batch_size,
+            stop_strings=getattr(args, "stop_strings", None),
         )
         judge = OpenAIRanker(
             args.judge_model,

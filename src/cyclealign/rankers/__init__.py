@@ -20,7 +20,7 @@ _EXPORTS: dict[str, str] = {
     "OpenAIRanker": ".openai",
     "LocalChatRanker": ".local",
     "RewardModelRanker": ".local",
-    "FunctionRanker": ".local",
+    "FunctionRanker": ".reward_functions",
 }
 
 __all__ = list(_EXPORTS)
@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from ..agreement import is_permutation
     from ..types import RankRequest, RankResult, Usage
     from .base import BlackBoxRanker
-    from .local import FunctionRanker, LocalChatRanker, RewardModelRanker
+    from .local import LocalChatRanker, RewardModelRanker
     from .openai import OpenAIRanker
     from .pending import PendingRanking
     from .prompt import RankingTemplate
+    from .reward_functions import FunctionRanker

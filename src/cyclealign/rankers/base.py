@@ -14,8 +14,11 @@ import concurrent.futures
 from collections.abc import Sequence
 from typing import Any
 
-from ..types import RankRequest, RankResult, Usage
+from ..demonstrations import CHARS_PER_TOKEN
+from ..prompts import dialogue_text
+from ..types import Demonstration, RankRequest, RankResult, Usage
 from ._loop import submit as _submit_coroutine
+from .prompt import RankingTemplate
 
 __all__ = ["BlackBoxRanker", "RankRequest", "RankResult", "Usage"]
 
@@ -31,6 +34,16 @@ class BlackBoxRanker:
                                           key=lambda i: -len(r.responses[i])))
                         for r in requests]
     """
+
+    #: ``True`` when an exception from :meth:`rank` / :meth:`arank` is a bug in user code (a
+    #: reward function that raises) rather than a flaky service: the trainer then stops with
+    #: that exception instead of counting the prompts as failed.
+    stops_on_error: bool = False
+
+    #: The trainer's ``TrainerState`` while a trainer uses this ranker (set before each batch
+    #: is ranked), ``None`` otherwise. :class:`~cyclealign.rankers.FunctionRanker` passes it to
+    #: reward functions as ``trainer_state``, as TRL does.
+    trainer_state: Any = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -71,6 +84,42 @@ class BlackBoxRanker:
         if type(self).arank is not BlackBoxRanker.arank:
             return _submit_coroutine(self.arank(requests))
         return _submit_coroutine(asyncio.to_thread(type(self).rank, self, requests))
+
+    def submit_each(
+        self, requests: Sequence[RankRequest]
+    ) -> list[concurrent.futures.Future[RankResult]] | None:
+        """One future per request, for rankers that answer requests one by one (a round
+        deadline then keeps the answers that came in time). ``None`` (the default): the
+        trainer uses :meth:`submit`, and a deadline fails the whole batch."""
+        return None
+
+    def deadline_s(self, num_requests: int) -> float | None:
+        """The longest ``num_requests`` requests submitted together may take, retries
+        included: the trainer's default round deadline. ``None`` (the default): no deadline
+        unless ``CycleAlignConfig.ranking_deadline`` sets one."""
+        return None
+
+    def demonstration_tokens(self, demo: Demonstration) -> int:
+        """Prompt tokens ``demo`` adds to one of this ranker's requests (the trainer's budget,
+        ``demonstration_max_tokens``, is counted with it).
+
+        The text is the demonstration's turns as the ranker's ``template`` renders them (a
+        :class:`~cyclealign.rankers.prompt.RankingTemplate`, as ``OpenAIRanker`` and
+        ``LocalChatRanker`` have), else its prompt and responses. It is counted with the
+        ranker's ``tokenizer`` where it has one (``LocalChatRanker``; set one on an
+        ``OpenAIRanker`` to count exactly), else estimated at
+        :data:`~cyclealign.demonstrations.CHARS_PER_TOKEN` characters a token. The few
+        tokens a chat format adds per turn are not counted. Override it for another count.
+        """
+        template = getattr(self, "template", None)
+        if isinstance(template, RankingTemplate):
+            text = "\n".join(turn["content"] for turn in template.demonstration_turns(demo))
+        else:
+            text = "\n".join([dialogue_text(demo.prompt), *demo.responses])
+        tokenizer = getattr(self, "tokenizer", None)
+        if tokenizer is not None:
+            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return -(-len(text) // CHARS_PER_TOKEN)
 
     def state_dict(self) -> dict[str, Any]:
         """What to store in a checkpoint (never secrets)."""

@@ -1,4 +1,5 @@
-"""Rankers that run in-process: a reward function, a reward model, a local chat model.
+"""Rankers that run in-process: a reward model, a local chat model (and, re-exported from
+:mod:`cyclealign.rankers.reward_functions`, reward functions).
 
 They have the black-box interface, so the trainer, the cache-free tests and the offline
 CPU demo use them like any API. None of them can fail to parse: a reward gives a score
@@ -11,23 +12,22 @@ call per prompt), whatever the batching.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import inspect
 import itertools
 import logging
-import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
 
 from ..logprobs import sequence_token_logps
-from ..prompts import as_messages, render_chat, render_prompt
+from ..prompts import as_messages, render_chat
 from ..types import RankRequest, RankResult, Usage
 from .base import BlackBoxRanker
 from .prompt import RankingTemplate
+from .reward_functions import FunctionRanker, ranking_from_scores, scored_results
 
 __all__ = [
     "FunctionRanker",
@@ -38,84 +38,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def ranking_from_scores(scores: Sequence[float]) -> list[int]:
-    """Indices best-first; ties keep their order (a stable sort)."""
-    return sorted(range(len(scores)), key=lambda i: -scores[i])
-
-
-def _scored_results(
-    requests: Sequence[RankRequest], flat_scores: Sequence[float], usage: Usage
-) -> list[RankResult]:
-    results, start = [], 0
-    for request in requests:
-        scores = [float(s) for s in flat_scores[start : start + len(request.responses)]]
-        start += len(request.responses)
-        if not all(math.isfinite(s) for s in scores):
-            usage.failures["nonfinite"] += 1
-            results.append(RankResult(None, error=f"non-finite scores {scores}", usage=Usage()))
-        else:
-            results.append(RankResult(ranking_from_scores(scores), scores=scores, usage=Usage()))
-    return results
-
-
-class FunctionRanker(BlackBoxRanker):
-    """Rank by a TRL-style reward function ``(prompts, completions, **kwargs) -> list[float]``.
-
-    The function (sync or ``async def``) gets one flat list of (prompt, completion) pairs
-    per call, ``batch_size`` pairs at most (a request's responses are never split across
-    calls); prompts are passed as the requests hold them (strings or chat messages),
-    completions as strings. A sync function runs in a worker thread, so a slow one does not
-    hold up the event loop other rankers share. A call that raises, returns the wrong number
-    of scores or a non-number fails the requests it covered, never the others; a ``None`` or
-    non-finite score (TRL's "no reward for this one") fails its own request. Failures are
-    counted in ``usage.failures`` and returned as ``RankResult(error=...)``, never raised.
-    """
-
-    def __init__(self, reward_fn: Callable[..., Any], batch_size: int | None = None) -> None:
-        self.reward_fn = reward_fn
-        self.batch_size = batch_size
-
-    async def arank(self, requests: Sequence[RankRequest]) -> list[RankResult]:
-        results: list[RankResult] = []
-        chunk_size = self.batch_size or max(1, sum(len(r.responses) for r in requests))
-        for chunk in _chunks_of_requests(requests, chunk_size):
-            prompts = [r.prompt for r in chunk for _ in r.responses]
-            completions = [c for r in chunk for c in r.responses]
-            self.usage.requests += len(chunk)
-            try:
-                if inspect.iscoroutinefunction(self.reward_fn):
-                    scores = await self.reward_fn(prompts=prompts, completions=completions)
-                else:
-                    scores = await asyncio.to_thread(
-                        self.reward_fn, prompts=prompts, completions=completions
-                    )
-                    if inspect.isawaitable(scores):
-                        scores = await scores
-                scores = [math.nan if s is None else float(s) for s in scores]
-                if len(scores) != len(completions):
-                    raise ValueError(
-                        f"returned {len(scores)} scores for {len(completions)} completions"
-                    )
-            except Exception as err:
-                self.usage.failures["reward_fn"] += len(chunk)
-                results += [RankResult(None, error=f"reward function failed: {err}") for _ in chunk]
-                continue
-            results += _scored_results(chunk, scores, self.usage)
-        return results
-
-
-def _chunks_of_requests(requests: Sequence[RankRequest], size: int) -> list[list[RankRequest]]:
-    chunks: list[list[RankRequest]] = [[]]
-    count = 0
-    for request in requests:
-        if chunks[-1] and count + len(request.responses) > size:
-            chunks.append([])
-            count = 0
-        chunks[-1].append(request)
-        count += len(request.responses)
-    return [c for c in chunks if c]
 
 
 def _load(model: Any, tokenizer: Any, auto_class: str) -> tuple[Any, Any]:
@@ -165,15 +87,18 @@ class RewardModelRanker(BlackBoxRanker):
 
     def text(self, prompt: Any, response: str) -> str:
         """The text scored for one (prompt, response) pair: the conversation ending with the
-        response, rendered as the white-box model's prompt is (:mod:`cyclealign.prompts`)."""
-        if self.tokenizer.chat_template:
-            messages = as_messages(prompt) or [{"role": "user", "content": prompt}]
-            return render_chat(
-                [*messages, {"role": "assistant", "content": response}],
-                self.tokenizer,
-                add_generation_prompt=False,
-            )
-        return f"{render_prompt(prompt, self.tokenizer)} {response}"
+        response (:func:`cyclealign.prompts.render_chat`; a string prompt is one user turn),
+        or an HH-RLHF style string ending with ``"Assistant:"`` followed by the response."""
+        messages = as_messages(prompt)
+        raw_hh = messages is None and prompt.rstrip().endswith("Assistant:")
+        if raw_hh and not self.tokenizer.chat_template:  # HH-RLHF text, as the data has it
+            return f"{prompt} {response}"
+        messages = messages or [{"role": "user", "content": prompt}]
+        return render_chat(
+            [*messages, {"role": "assistant", "content": response}],
+            self.tokenizer,
+            add_generation_prompt=False,
+        )
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
@@ -198,7 +123,7 @@ class RewardModelRanker(BlackBoxRanker):
         self.usage.requests += len(requests)
         prompts = [r.prompt for r in requests for _ in r.responses]
         responses = [c for r in requests for c in r.responses]
-        return _scored_results(requests, self.score(prompts, responses), self.usage)
+        return scored_results(requests, self.score(prompts, responses), self.usage)
 
 
 def _common_prefix(texts: Sequence[str]) -> str:
@@ -350,13 +275,15 @@ class LocalChatRanker(BlackBoxRanker):
         while len(remaining) > 1:
             # The answer so far ends with "[" or ","; each candidate brings its own leading
             # space (" 3,"), the way BPE vocabularies join a space to the word after it.
-            prefix_text = self.template.answer_text(chosen)[:-1] + ("," if chosen else "")
+            prefix_text = self.template.answer_text(chosen).rsplit("]", 1)[0]
+            prefix_text += "," if chosen else ""
             ids = self.tokenizer(prefix_text, add_special_tokens=False, return_tensors="pt")
             state = self.encode_prefix(ids.input_ids.to(prompt.last_token.device), after=prompt)
             space = " " if chosen else ""
             if len(remaining) == 2:  # the last two orders are the whole rest of the answer
                 a, b = remaining
-                texts = [f"{space}{a}, {b}]", f"{space}{b}, {a}]"]
+                end = "]" + self.template.answer_suffix
+                texts = [f"{space}{a}, {b}{end}", f"{space}{b}, {a}{end}"]
             else:
                 texts = [f"{space}{i}," for i in remaining]
             scores = self.score_continuations(state, texts)

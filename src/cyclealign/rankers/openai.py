@@ -11,16 +11,23 @@ the llama.cpp server and TGI all speak this wire format. What this class adds to
 - **Retries are ours.** The SDK's retries are off so every retry is counted: 429 and 5xx
   back off (honouring ``Retry-After``), timeouts and dropped connections are retried, and
   authentication errors fail fast.
+- **``timeout`` bounds a request as a whole**, however slowly the server sends its bytes
+  (the HTTP client's own timeout is per read); :meth:`OpenAIRanker.deadline_s` says how
+  long a batch can take, retries included, for the trainer's round deadline.
 - **One unparseable answer gets one repair request** quoting what was wrong.
-- **Budgets hold** with any number of requests in flight (see :mod:`.budget`).
+- **Budgets hold** with any number of requests in flight, and, with a cache file, across
+  kills, resumes and processes sharing the file (see :mod:`.budget`).
+- **Identical requests in flight share one call** (single flight, within a process).
 
 The API key is read once and kept only inside the SDK client: it is no field of any config,
-and never appears in ``repr``, ``state_dict``, logs, errors or the cache.
+and never appears in ``repr``, ``state_dict``, logs, errors or the cache; what a server sends
+back (errors, answers) is masked (:mod:`.redact`) before it is stored or shown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 import logging
 import os
@@ -35,9 +42,12 @@ from ._loop import submit as _submit_coroutine
 from .base import BlackBoxRanker
 from .budget import Budget, RateLimiter
 from .cache import RankCache, cache_key
-from .parsing import RankingParseError, parse_better_response, parse_ranking, parse_structured
+from .grammar import RequestText
+from .parsing import RankingParseError, parse_better_response, read_answer, repair_request
 from .prompt import RankingTemplate
-from .retry import RequestFailure, backoff, classify
+from .redact import Redactor
+from .retry import RequestFailure
+from .transport import check_settings, request_answer
 
 __all__ = ["OpenAIRanker"]
 
@@ -57,15 +67,22 @@ class OpenAIRanker(BlackBoxRanker):
             is sent.
         max_concurrency: requests in flight at once.
         requests_per_minute: rate limit (``None``: none).
-        timeout: seconds per HTTP request.
+        timeout: seconds per HTTP request, as a whole (connection, waiting and every byte of
+            the answer); past it the request is a ``timeout`` failure, and is retried.
         max_retries: retries per request after the first try (429, 5xx, timeouts,
             connection errors).
         temperature, seed: sampling parameters sent to the server (``temperature=None``:
             not sent, for models that refuse it); ``seed`` also fixes the
             display order of the responses.
-        cache_path: SQLite file of answers (``None``: no cache).
-        budget_requests, budget_tokens: caps on HTTP requests and reported tokens; past them
-            results carry ``error="budget exhausted"``.
+        cache_path: SQLite file of answers (``None``: no cache). It also keeps the spend
+            ledger of the budgets.
+        budget_requests, budget_tokens: caps on HTTP requests and reported tokens over the
+            whole job; past them results carry ``error="budget exhausted"``. With a
+            ``cache_path`` the spend is recorded in its file before each request, so it holds
+            across kills and resumes and is shared by every process using the file; without
+            one, it is kept in memory and in checkpoints (a warning says what a kill costs).
+        budget_scope: the job whose spend the ledger counts: processes and runs using one
+            cache file with the same scope share one budget; a new scope starts from zero.
         template: the :class:`~cyclealign.rankers.prompt.RankingTemplate`.
         request_better_response: also ask for an improved response (``better_response``).
         structured_output: ask for JSON with ``response_format`` (a JSON schema).
@@ -103,6 +120,7 @@ class OpenAIRanker(BlackBoxRanker):
         extra_body: dict[str, Any] | None = None,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
+        budget_scope: str = "default",
     ) -> None:
         key = api_key or os.environ.get("OPENAI_API_KEY")
         if not key:
@@ -112,10 +130,11 @@ class OpenAIRanker(BlackBoxRanker):
                     "pass api_key=... (for a local server, pass its base_url instead)."
                 )
             key = _PLACEHOLDER_KEY
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}.")
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}.")
+        check_settings(max_concurrency, max_retries, timeout, backoff_base, backoff_max)
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not _positive(max_tokens)):
+            raise ValueError(
+                f"max_tokens must be an integer >= 1 or None (not sent), got {max_tokens!r}."
+            )
         self.model = model
         self.base_url = base_url
         self.max_concurrency = max_concurrency
@@ -131,12 +150,23 @@ class OpenAIRanker(BlackBoxRanker):
         self.extra_body = dict(extra_body or {})
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
-        self.cache = RankCache(cache_path) if cache_path is not None else None
-        self.budget = Budget(budget_requests, budget_tokens)
+        budget = Budget(budget_requests, budget_tokens)  # checks the limits before any file
         self._limiter = RateLimiter(requests_per_minute)
+        self.cache = RankCache(cache_path) if cache_path is not None else None
+        if self.cache is not None:
+            budget.ledger = self.cache.ledger(budget_scope)
+        elif budget_requests is not None or budget_tokens is not None:
+            logger.warning(
+                "OpenAIRanker: a budget without a cache_path is kept in memory and in "
+                "checkpoints only, so a run killed and resumed can overspend by what was paid "
+                "after its last checkpoint. Give a cache_path to keep the spend in its file."
+            )
+        self.budget = budget
+        self._inflight: dict[str, asyncio.Task[dict[str, Any]]] = {}
         # The key lives in closures, not attributes: vars(ranker) never shows it.
         self._make_client = lambda: _new_client(key, base_url)
-        self._scrub = lambda text: str(text).replace(key, "***") if len(key) >= 8 else str(text)
+        redactor = Redactor(key)
+        self._scrub = lambda text: redactor(text)
         # Made now, not on the first request: building the client takes a noticeable moment
         # that would otherwise delay the first batch past the forward pass it should overlap.
         self._client: Any = self._make_client()
@@ -160,6 +190,35 @@ class OpenAIRanker(BlackBoxRanker):
         requests = list(requests)
         if asyncio.get_running_loop() is not background_loop():
             return await asyncio.wrap_future(_submit_coroutine(self.arank(requests)))
+        self._prepare()
+        return list(await asyncio.gather(*(self._rank_one(r) for r in requests)))
+
+    def submit_each(
+        self, requests: Sequence[RankRequest]
+    ) -> list[concurrent.futures.Future[RankResult]]:
+        """One future per request, each done as soon as its own answer is in (so a round
+        deadline keeps the answers that came in time; the others go on and are cached)."""
+        return [_submit_coroutine(self._rank_single(r)) for r in requests]
+
+    async def _rank_single(self, request: RankRequest) -> RankResult:
+        self._prepare()
+        return await self._rank_one(request)
+
+    def deadline_s(self, num_requests: int) -> float:
+        """The longest ``num_requests`` requests submitted together can take: every attempt
+        of the answer and of its repair request running to ``timeout``, the backoffs in
+        between, in waves of ``max_concurrency``, spaced by ``requests_per_minute``. A server
+        asking to wait longer than that (``Retry-After``) is not covered."""
+        attempts = self.max_retries + 1
+        waits = sum(
+            min(self.backoff_max, self.backoff_base * 2 ** (a - 1)) for a in range(1, attempts)
+        )
+        per_request = 2 * (attempts * self.timeout + waits)  # the answer and one repair
+        waves = -(-max(1, num_requests) // self.max_concurrency)
+        return waves * per_request + num_requests * self._limiter.interval
+
+    def _prepare(self) -> None:
+        """The client and the semaphore, on the background loop."""
         if self._client is None:
             if not hasattr(self, "_make_client"):
                 raise RuntimeError(
@@ -169,7 +228,6 @@ class OpenAIRanker(BlackBoxRanker):
             self._client = self._make_client()
         if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(self.max_concurrency)
-        return list(await asyncio.gather(*(self._rank_one(r) for r in requests)))
 
     async def _rank_one(self, request: RankRequest) -> RankResult:
         usage = Usage()
@@ -192,23 +250,28 @@ class OpenAIRanker(BlackBoxRanker):
             answer = await self._answer(messages, usage, n)
             raw = answer["content"]
             try:
-                displayed = self._parse(answer, n)
+                displayed = self._parse(answer, n, messages)
             except RankingParseError as err:
                 # One repair request: the conversation, the answer, and what was wrong.
                 repair = [
                     *messages,
                     {"role": "assistant", "content": answer["content"]},
-                    {"role": "user", "content": self._repair_text(err, n)},
+                    {"role": "user", "content": repair_request(err, n, self.structured_output)},
                 ]
                 usage.retries += 1
                 answer = await self._answer(repair, usage, n)
                 raw = answer["content"]
+                messages = repair
                 try:
-                    displayed = self._parse(answer, n)
+                    displayed = self._parse(answer, n, messages)
                 except RankingParseError as final:
                     raise RequestFailure(final.kind, f"unparseable answer: {final}") from None
             ranking = self.template.map_back(displayed, order)
-            better = parse_better_response(raw) if self.request_better_response else None
+            better = (
+                parse_better_response(raw, request=messages)
+                if self.request_better_response
+                else None
+            )
             result = RankResult(ranking=ranking, better_response=better, raw_text=raw)
         except RequestFailure as failure:
             usage.failures[failure.kind] += 1
@@ -217,50 +280,16 @@ class OpenAIRanker(BlackBoxRanker):
             logger.error("OpenAIRanker: unexpected %s: %s", type(err).__name__, self._scrub(err))
             usage.failures["internal"] += 1
             result = RankResult(ranking=None, error=f"internal error: {type(err).__name__}")
+        # Answers were masked on arrival; errors may quote what the server sent.
         if result.error is not None:
             result.error = self._scrub(result.error)
         result.usage = usage
         self.usage.add(usage)
         return result
 
-    def _parse(self, answer: dict[str, Any], n: int) -> list[int]:
-        if answer.get("refusal"):
-            raise RankingParseError("refusal", "the model refused to rank")
-        finish_reason = answer.get("finish_reason")
-        try:
-            if self.structured_output:
-                try:
-                    return parse_structured(answer["content"], n, finish_reason)
-                except RankingParseError as err:
-                    if err.kind != "missing":
-                        raise
-                    # Servers without schema support (some llama.cpp or Ollama builds)
-                    # may answer in the text format; read it rather than pay for a repair.
-                    try:
-                        return parse_ranking(answer["content"], n, finish_reason)
-                    except RankingParseError:
-                        raise err from None
-            return parse_ranking(answer["content"], n, finish_reason)
-        except RankingParseError as err:
-            if finish_reason == "content_filter":
-                # The server's filter cut the answer: that is a refusal, whatever is left.
-                raise RankingParseError(
-                    "refusal", f"the server's content filter stopped the answer ({err})"
-                ) from None
-            raise
-
-    def _repair_text(self, err: RankingParseError, n: int) -> str:
-        listing = ", ".join(str(i) for i in range(n))
-        if self.structured_output:
-            return (
-                f"Your answer could not be used: {err}. Reply with only a JSON object "
-                f'{{"ranking": [...]}} listing each of the numbers {listing} exactly once.'
-            )
-        return (
-            f"Your answer could not be used: {err}. Reply with only the line\n"
-            f"### The desired ranking is: [...]\nlisting each of the numbers {listing} "
-            "exactly once, best first."
-        )
+    def _parse(self, answer: dict[str, Any], n: int, messages: list[dict[str, str]]) -> list[int]:
+        # Markers copied from what was sent are quotations, not the black box's answer.
+        return read_answer(answer, n, RequestText(messages), self.structured_output)
 
     # -- one answer: cache, budget, rate limit, retries ---------------------------------------
 
@@ -282,64 +311,28 @@ class OpenAIRanker(BlackBoxRanker):
         params = self._params(n)
         key = cache_key(self.model, messages, params)
         if self.cache is not None:
-            cached = await asyncio.to_thread(self.cache.get, key)
+            cached, repaired = await asyncio.to_thread(self.cache.lookup, key)
+            usage.cache_repairs += repaired
             if cached is not None:
                 usage.cache_hits += 1
                 return cached
-        answer = await self._request_with_retries(messages, params, usage)
+        task = self._inflight.get(key)
+        if task is not None:  # the same request is in flight: share its answer (and cost)
+            usage.cache_hits += 1
+            return await asyncio.shield(task)
+        task = asyncio.ensure_future(self._fetch(key, messages, params, usage))
+        self._inflight[key] = task
+        task.add_done_callback(lambda _: self._inflight.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _fetch(
+        self, key: str, messages: list[dict[str, str]], params: dict[str, Any], usage: Usage
+    ) -> dict[str, Any]:
+        answer = await request_answer(self, messages, params, usage)
         if self.cache is not None:
             # Committed before anything reads the answer: a crash from here on costs nothing.
-            await asyncio.to_thread(self.cache.put, key, answer)
+            await asyncio.to_thread(self.cache.try_put, key, answer)
         return answer
-
-    async def _request_with_retries(
-        self, messages: list[dict[str, str]], params: dict[str, Any], usage: Usage
-    ) -> dict[str, Any]:
-        assert self._semaphore is not None
-        attempt = 0
-        while True:
-            wait: float | None = None
-            try:
-                async with self._semaphore:
-                    # Checked once a slot is free, so the token count of the answers that
-                    # came back meanwhile is known.
-                    if not self.budget.try_reserve():
-                        raise RequestFailure("budget", "budget exhausted")
-                    await self._limiter.wait()
-                    usage.requests += 1
-                    response = await self._client.chat.completions.create(
-                        model=self.model, messages=messages, timeout=self.timeout, **params
-                    )
-                return self._record(response, usage)
-            except openai.APIError as err:
-                try:
-                    kind, _, wait = classify(err)  # raises for what no retry can fix
-                except RequestFailure as failure:
-                    raise failure from None
-            if attempt >= self.max_retries:
-                raise RequestFailure(kind, f"{kind} after {attempt + 1} attempts")
-            attempt += 1
-            usage.retries += 1
-            # The server's Retry-After wins over our schedule (it knows when quota returns).
-            await asyncio.sleep(
-                wait if wait is not None else backoff(attempt, self.backoff_base, self.backoff_max)
-            )
-
-    def _record(self, response: Any, usage: Usage) -> dict[str, Any]:
-        choice = response.choices[0]
-        message = choice.message
-        reported = response.usage
-        prompt_tokens = int(getattr(reported, "prompt_tokens", 0) or 0)
-        completion_tokens = int(getattr(reported, "completion_tokens", 0) or 0)
-        usage.prompt_tokens += prompt_tokens
-        usage.completion_tokens += completion_tokens
-        self.budget.add_tokens(prompt_tokens + completion_tokens)
-        return {
-            "content": message.content or "",
-            "refusal": getattr(message, "refusal", None),
-            "finish_reason": choice.finish_reason,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
-        }
 
     # -- bookkeeping --------------------------------------------------------------------------
 
@@ -352,14 +345,24 @@ class OpenAIRanker(BlackBoxRanker):
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state["budget"] = {"requests": self.budget.requests, "tokens": self.budget.tokens}
+        state["budget"] = self.budget.state_dict()
+        if self.cache is not None:
+            state["cache"] = {"answers": len(self.cache)}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        budget = state.get("budget", {})
-        self.budget.requests = int(budget.get("requests", 0))
-        self.budget.tokens = int(budget.get("tokens", 0))
+        self.budget.load_state_dict(state.get("budget", {}))
+        recorded = int(state.get("cache", {}).get("answers", 0))
+        if self.cache is not None and recorded and len(self.cache) < recorded:
+            logger.warning(
+                "The answer cache %s holds %d answers, but the checkpoint recorded %d: the "
+                "missing ones will be paid for again. Was the file replaced, truncated or "
+                "another cache_path given?",
+                self.cache.path,
+                len(self.cache),
+                recorded,
+            )
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickles (e.g. a Trainer deep-copying its callbacks) must not carry the key.
@@ -368,6 +371,7 @@ class OpenAIRanker(BlackBoxRanker):
         state.pop("_scrub", None)
         state["_client"] = None
         state["_semaphore"] = None
+        state["_inflight"] = {}
         return state
 
     def close(self) -> None:
@@ -377,3 +381,7 @@ class OpenAIRanker(BlackBoxRanker):
 
 def _new_client(api_key: str, base_url: str | None) -> Any:
     return openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0)
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int) and value >= 1

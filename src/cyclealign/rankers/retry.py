@@ -14,7 +14,14 @@ from typing import Any
 
 import openai
 
-__all__ = ["MAX_RETRY_AFTER_S", "RequestFailure", "backoff", "classify", "retry_after"]
+__all__ = [
+    "MAX_RETRY_AFTER_S",
+    "RequestFailure",
+    "backoff",
+    "check_backoff",
+    "classify",
+    "retry_after",
+]
 
 #: A server asking for longer than this is waited on only this long (a daily quota would
 #: otherwise stall training for hours without a word).
@@ -49,6 +56,10 @@ def classify(err: BaseException) -> tuple[str, bool, float | None]:
         return "timeout", True, None
     if isinstance(err, openai.APIConnectionError):
         return "connection", True, None
+    if isinstance(err, openai.APIResponseValidationError):  # a 200 that is no completion
+        return "malformed", True, None
+    if isinstance(err, openai.APIStatusError) and err.status_code == 408:  # request timeout
+        return "timeout", True, retry_after(err)
     if isinstance(err, openai.APIStatusError):
         if err.status_code >= 500:
             return "server", True, retry_after(err)
@@ -58,7 +69,8 @@ def classify(err: BaseException) -> tuple[str, bool, float | None]:
 
 def retry_after(err: Any) -> float | None:
     """Seconds the server asked to wait (``retry-after-ms``, ``retry-after`` as seconds or
-    an HTTP date), capped at :data:`MAX_RETRY_AFTER_S`; ``None`` when it did not say."""
+    an HTTP date), capped at :data:`MAX_RETRY_AFTER_S`; ``None`` when it did not say, or said
+    something negative (a date in the past, a bad clock): the backoff applies then."""
     try:
         headers = err.response.headers
     except AttributeError:
@@ -74,9 +86,9 @@ def retry_after(err: Any) -> float | None:
             if parsed is None:
                 continue
             seconds = email.utils.mktime_tz(parsed) - time.time()
-        if seconds != seconds:  # NaN
+        if seconds != seconds or seconds < 0:  # NaN, or a wait in the past
             continue
-        return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
+        return min(MAX_RETRY_AFTER_S, seconds)
     return None
 
 
@@ -87,6 +99,20 @@ def backoff(attempt: int, base: float, cap: float) -> float:
     429, from coming back in lockstep.
     """
     return min(cap, base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
+def check_backoff(base: float, cap: float) -> None:
+    """Raise ``ValueError`` unless ``0 <= base <= cap`` are finite seconds."""
+    for name, value in (("backoff_base", base), ("backoff_max", cap)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}.")
+        if value == float("inf"):
+            raise ValueError(f"{name} must be finite, got {value!r}.")
+    if cap < base:
+        raise ValueError(
+            f"backoff_max ({cap!r}) must be >= backoff_base ({base!r}): it caps the doubling "
+            "waits that start at backoff_base."
+        )
 
 
 def _short(text: Any, limit: int = 200) -> str:

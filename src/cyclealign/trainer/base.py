@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from accelerate.utils import DistributedType
 from transformers import Trainer
+from transformers.trainer_utils import enable_full_determinism, set_seed
 
 from ..config import CycleAlignConfig
 from ..logprobs import accepts_logits_to_keep
@@ -21,6 +22,7 @@ from ..losses import get_ranking_loss
 from ..models import disable_dropout, load_model_and_tokenizer, wrap_with_peft
 from ..sampling import eos_token_ids
 from . import fsdp
+from .model_card import TAGS, write_model_card
 from .stats import CycleMetrics
 
 __all__ = ["RankingTrainerBase"]
@@ -40,6 +42,8 @@ class RankingTrainerBase(Trainer):
         train_dataset, eval_dataset: the datasets (what their rows hold is the subclass's).
         processing_class: the tokenizer; loaded from ``model`` when it is a path.
         peft_config: wrap the model with ``peft.get_peft_model``; only the adapter trains.
+        quantization_config: a ``transformers.BitsAndBytesConfig`` (TRL's
+            ``get_quantization_config``) for a model loaded from a path.
         callbacks, optimizers: as in :class:`transformers.Trainer`.
     """
 
@@ -52,6 +56,7 @@ class RankingTrainerBase(Trainer):
         eval_dataset: Any = None,
         processing_class: Any = None,
         peft_config: Any = None,
+        quantization_config: Any = None,
         callbacks: list | None = None,
         optimizers: tuple = (None, None),
         make_collator: Callable[[Any, CycleAlignConfig, list[int]], Any],
@@ -64,7 +69,15 @@ class RankingTrainerBase(Trainer):
                 f"{type(args).__name__}. Build one with CycleAlignConfig(output_dir=..., ...)."
             )
         args._validate()  # fields may have been changed after construction
-        model, processing_class = load_model_and_tokenizer(model, args, processing_class)
+        # Seeded before the model and its adapter are made (PEFT initialises the adapter at
+        # random), as TRL does: the same seed gives the same adapter whatever the RNG state.
+        if args.full_determinism:
+            enable_full_determinism(args.seed)
+        else:
+            set_seed(args.seed)
+        model, processing_class = load_model_and_tokenizer(
+            model, args, processing_class, quantization_config
+        )
         if peft_config is not None:
             model = wrap_with_peft(model, peft_config, args)
         if args.disable_dropout:
@@ -86,6 +99,24 @@ class RankingTrainerBase(Trainer):
         )
         self.eos_token_ids = eos_ids
         self._logits_to_keep = accepts_logits_to_keep(self.model)
+        #: The training data's name in the model card (a hub id, or a local folder).
+        self.dataset_name: str | None = None
+        if hasattr(self.model, "add_model_tags"):
+            self.model.add_model_tags(list(TAGS))
+
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        dataset_name: str | None = None,
+        tags: str | list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Write ``output_dir/README.md`` with TRL's ``generate_model_card``
+        (:mod:`cyclealign.trainer.model_card`); ``push_to_hub`` uploads it with the model.
+        ``dataset_name`` defaults to :attr:`dataset_name`."""
+        if tags and hasattr(self.model, "add_model_tags"):
+            self.model.add_model_tags([tags] if isinstance(tags, str) else list(tags))
+        write_model_card(self, self.args.output_dir, model_name, dataset_name or self.dataset_name)
 
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
@@ -101,13 +132,17 @@ class RankingTrainerBase(Trainer):
         return super().evaluate(*args, **kwargs)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """As :meth:`transformers.Trainer.save_model`, plus the model card (so every checkpoint
+        has one too). Under FSDP with sharded state dicts the final save gathers full weights,
+        which the Trainer's would not write; checkpoints stay sharded."""
         if _internal_call:  # a checkpoint: saved as configured (sharded under FSDP)
-            return super().save_model(output_dir, _internal_call)
-        # Under FSDP with sharded state dicts, the Trainer's save_model writes no weights.
-        save = super().save_model
-        fsdp.save_model_with_weights(
-            self, output_dir or self.args.output_dir, lambda: save(output_dir)
-        )
+            super().save_model(output_dir, _internal_call)
+        else:
+            save = super().save_model
+            fsdp.save_model_with_weights(
+                self, output_dir or self.args.output_dir, lambda: save(output_dir)
+            )
+        write_model_card(self, output_dir or self.args.output_dir, dataset_name=self.dataset_name)
 
     def _update(self, model: torch.nn.Module, loss: torch.Tensor, last: bool) -> torch.Tensor:
         """Backpropagate ``loss``; unless ``last``, also step the optimizer (the Trainer steps

@@ -20,6 +20,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from trl.models.utils import unwrap_model_for_generation
 
 from ..config import CycleAlignConfig
+from ..data.rows import check_datasets, rows_summary
 from ..demonstrations import DemonstrationPool, select_demonstrations, share_agreements
 from ..logprobs import candidate_token_logps
 from ..prompts import PromptCollator, render_prompt
@@ -30,8 +31,8 @@ from ..sampling import Candidates, checkpointing_paused, sample_candidates, samp
 from ..targets import PromptOutcome, add_better_responses, prompt_outcome, target_tensors
 from ..types import RankRequest, RankResult
 from .base import RankingTrainerBase
-from .callbacks import SampleTableCallback
 from .checkpoint import restore_cycle_state, save_cycle_state
+from .completions import log_completion_table
 from .failures import FailureWatch
 from .fsdp import full_parameters_for_generation
 from .round_log import RoundLogWriter, log_row
@@ -75,6 +76,8 @@ class CycleAlignTrainer(RankingTrainerBase):
         ranker: the black box, a :class:`~cyclealign.BlackBoxRanker`. For ranked data
             without a black box, use :class:`~cyclealign.OfflineRankingTrainer`.
         peft_config: wrap the model with ``peft.get_peft_model``; only the adapter trains.
+        quantization_config: a ``BitsAndBytesConfig`` for a model loaded from a path (TRL's
+            ``get_quantization_config``).
         callbacks, optimizers: as in :class:`transformers.Trainer`.
     """
 
@@ -88,6 +91,7 @@ class CycleAlignTrainer(RankingTrainerBase):
         processing_class: Any = None,
         ranker: BlackBoxRanker | None = None,
         peft_config: Any = None,
+        quantization_config: Any = None,
         callbacks: list | None = None,
         optimizers: tuple = (None, None),
     ) -> None:
@@ -104,8 +108,12 @@ class CycleAlignTrainer(RankingTrainerBase):
                 f"FunctionRanker), got {type(ranker).__name__}."
             )
         self.ranker = ranker
-        self._latest_samples: list[dict[str, Any]] = []
-        callbacks = [*(callbacks or []), SampleTableCallback(lambda: self._latest_samples)]
+        # Checked before anything is paid for: bad rows never reach the black box.
+        policy = args.invalid_rows if isinstance(args, CycleAlignConfig) else "drop"
+        train_dataset, eval_dataset, self.row_reports = check_datasets(
+            train_dataset, eval_dataset, policy
+        )
+        self._completion_rows: list[dict[str, Any]] = []  # the latest step's rounds
         super().__init__(
             model,
             args,
@@ -113,10 +121,11 @@ class CycleAlignTrainer(RankingTrainerBase):
             eval_dataset=eval_dataset,
             processing_class=processing_class,
             peft_config=peft_config,
+            quantization_config=quantization_config,
             callbacks=callbacks,
             optimizers=optimizers,
             make_collator=lambda tokenizer, args, eos: PromptCollator(
-                tokenizer, args.max_prompt_length
+                tokenizer, args.max_prompt_length, args.chat_template_kwargs
             ),
         )
         if not self.args.use_static_demonstration:
@@ -136,7 +145,8 @@ class CycleAlignTrainer(RankingTrainerBase):
         self._round_log = RoundLogWriter(self.args.output_dir) if self.args.round_log else None
 
     def _set_signature_columns_if_needed(self) -> None:
-        # Only the raw prompt is needed; the collator tokenizes it.
+        # With remove_unused_columns=True only the raw prompt is kept (the collator tokenizes
+        # it), as in TRL; the default (False) keeps every column for the ranker.
         if self._signature_columns is None:
             self._signature_columns = ["prompt"]
 
@@ -154,6 +164,7 @@ class CycleAlignTrainer(RankingTrainerBase):
             # then skip the parameter entirely (no momentum, no weight decay).
             self.optimizer.zero_grad(set_to_none=True)
         step_stats = RoundStats()
+        self._completion_rows = []
         rounds = updates = 0
         for round_index in range(self.args.max_rounds):
             out = self._run_round(model, inputs, round_index, training=True)
@@ -184,16 +195,22 @@ class CycleAlignTrainer(RankingTrainerBase):
         the loss values recorded in the stats, and the sum of the counters over processes.
         """
         prompts = inputs["prompts"]
+        # What the white box sees after truncation: the black box ranks the same.
+        visible = inputs.get("visible_prompts", prompts)
         with self._metrics.timed("generate"):
             candidates = self._generate(model, inputs)
         usage_before = copy.deepcopy(self.ranker.usage)
-        pending = self._rank(prompts, candidates)  # in flight during the forward pass
+        pending = self._rank(visible, candidates, inputs.get("columns"))  # in flight meanwhile
         with self._metrics.timed("forward"):
             scored = self._score(model, candidates, training)
         with self._metrics.timed("rank_wait"):
             results = pending.wait()
-        outcomes, stats = self._agree(prompts, candidates, scored, results, round_index, training)
+        outcomes, stats = self._agree(
+            prompts, visible, candidates, scored, results, round_index, training
+        )
         stats.set_spent(usage_before, self.ranker.usage)
+        stats.late = pending.late
+        stats.demonstrations = sum(len(r.demonstrations) for r in pending.requests)
         if training:
             stats.hard_failures = self.failures.observe(results)
         return self._optimize(model, candidates, scored, outcomes, stats, round_index, training)
@@ -217,13 +234,29 @@ class CycleAlignTrainer(RankingTrainerBase):
                 chunk_rows=self.args.scoring_batch_size,
             )
 
-    def _rank(self, prompts: list[Any], candidates: Candidates) -> PendingRanking:
-        """Send every prompt's candidates, with its demonstrations, to the black box."""
+    def _rank(
+        self, prompts: list[Any], candidates: Candidates, columns: list[dict] | None = None
+    ) -> PendingRanking:
+        """Send every prompt's candidates, with its demonstrations, its dataset row's other
+        columns and the responses' token ids, to the black box."""
+        count = self.ranker.demonstration_tokens
         requests = [
-            RankRequest(prompt, texts, select_demonstrations(self.pool, prompt, self.args))
-            for prompt, texts in zip(prompts, candidates.texts)
+            RankRequest(
+                prompt,
+                texts,
+                select_demonstrations(self.pool, prompt, self.args, count),
+                columns=columns[b] if columns else {},
+                completion_ids=ids,
+            )
+            for b, (prompt, texts, ids) in enumerate(
+                zip(prompts, candidates.texts, candidates.token_ids())
+            )
         ]
-        return PendingRanking(self.ranker, requests)
+        self.ranker.trainer_state = self.state  # reward functions get it, as in TRL
+        deadline = self.args.ranking_deadline
+        if deadline is None:
+            deadline = self.ranker.deadline_s(len(requests))
+        return PendingRanking(self.ranker, requests, deadline)
 
     def _score(self, model: torch.nn.Module, candidates: Candidates, training: bool) -> _Scored:
         """The white box's log-probs of every candidate and its own ranking of them."""
@@ -242,6 +275,7 @@ class CycleAlignTrainer(RankingTrainerBase):
     def _agree(
         self,
         prompts: list[Any],
+        visible: list[Any],
         candidates: Candidates,
         scored: _Scored,
         results: list[RankResult],
@@ -266,22 +300,29 @@ class CycleAlignTrainer(RankingTrainerBase):
                 round_index=round_index,
                 process_index=self.accelerator.process_index,
                 prompt=prompt,
-                rendered_prompt=render_prompt(prompt, self.processing_class),
+                rendered_prompt=render_prompt(
+                    prompt, self.processing_class, args.chat_template_kwargs
+                ),
                 responses=texts,
                 result=result,
                 whitebox_ranking=o.whitebox_ranking,
                 agreement=o.agreement,
+                ranker_prompt=shown,
             )
-            for prompt, texts, result, o in zip(prompts, candidates.texts, results, outcomes)
+            for prompt, shown, texts, result, o in zip(
+                prompts, visible, candidates.texts, results, outcomes
+            )
         ]
-        self._latest_samples = rows
         if training:
-            if args.use_dynamic_demonstrations:
-                share_agreements(self.pool, prompts, candidates.texts, outcomes)
-            if self._round_log is not None:
+            if args.use_dynamic_demonstrations:  # as shown to the black box
+                share_agreements(self.pool, visible, candidates.texts, outcomes)
+            if self._round_log is not None or args.log_completions:
                 all_rows = gather_object(rows)
                 if self.accelerator.is_main_process:
-                    self._round_log.write(all_rows)
+                    if self._round_log is not None:
+                        self._round_log.write(all_rows)
+                    if args.log_completions:
+                        self._completion_rows.extend(all_rows)
         return outcomes, RoundStats.count(outcomes, candidates)
 
     def _optimize(
@@ -371,6 +412,20 @@ class CycleAlignTrainer(RankingTrainerBase):
         return output
 
     # -- logging, checkpoints ------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "train_runtime" in logs:  # the end-of-run summary: rows dropped, per reason
+            logs = {**logs, **rows_summary(self.row_reports)}
+        training = self.model.training
+        super().log(logs, start_time)
+        if training and self.args.log_completions and self.accelerator.is_main_process:
+            log_completion_table(
+                self._completion_rows,
+                self.state.global_step,
+                self.args.report_to,
+                self.args.num_completions_to_print,
+            )
+            self._completion_rows = []  # one table per logging step, not again at the end
 
     def _training_metrics(self) -> dict[str, float]:
         metrics = super()._training_metrics()

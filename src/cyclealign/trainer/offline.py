@@ -105,8 +105,9 @@ class RankedCollator:
         max_prompt_length: int | None,
         max_completion_length: int | None,
         eos_token_id: int,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        self.prompts = PromptCollator(tokenizer, max_prompt_length)
+        self.prompts = PromptCollator(tokenizer, max_prompt_length, chat_template_kwargs)
         self.tokenizer = tokenizer
         self.max_completion_length = max_completion_length
         self.eos_token_id = eos_token_id
@@ -118,6 +119,7 @@ class RankedCollator:
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         batch = self.prompts(features)
+        del batch["columns"]  # the responses and rewards, read below
         encoded = [[self._encode(r) for r in row["responses"]] for row in features]
         rewards = [row_rewards(row, f"ranked batch row {i}") for i, row in enumerate(features)]
         size = len(features)
@@ -156,8 +158,8 @@ class OfflineRankingTrainer(RankingTrainerBase):
     ``max_completion_length`` cut prompts and responses.
 
     Args:
-        model, args, processing_class, peft_config, callbacks, optimizers: as for
-            :class:`~cyclealign.CycleAlignTrainer`.
+        model, args, processing_class, peft_config, quantization_config, callbacks,
+            optimizers: as for :class:`~cyclealign.CycleAlignTrainer`.
         train_dataset, eval_dataset: ranked rows (``prompt``, ``responses``, and ``rewards``
             or ``ranking``), or round logs; every row is checked before training starts.
     """
@@ -171,6 +173,7 @@ class OfflineRankingTrainer(RankingTrainerBase):
         eval_dataset: Any = None,
         processing_class: Any = None,
         peft_config: Any = None,
+        quantization_config: Any = None,
         callbacks: list | None = None,
         optimizers: tuple = (None, None),
     ) -> None:
@@ -178,7 +181,11 @@ class OfflineRankingTrainer(RankingTrainerBase):
 
         def make_collator(tokenizer: Any, args: CycleAlignConfig, eos: list[int]) -> RankedCollator:
             return RankedCollator(
-                tokenizer, args.max_prompt_length, args.max_completion_length, eos[0]
+                tokenizer,
+                args.max_prompt_length,
+                args.max_completion_length,
+                eos[0],
+                args.chat_template_kwargs,
             )
 
         super().__init__(
@@ -188,6 +195,7 @@ class OfflineRankingTrainer(RankingTrainerBase):
             eval_dataset=eval_dataset,
             processing_class=processing_class,
             peft_config=peft_config,
+            quantization_config=quantization_config,
             callbacks=callbacks,
             optimizers=optimizers,
             make_collator=make_collator,

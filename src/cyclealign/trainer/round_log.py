@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from ..prompts import dialogue_text
 from ..types import Prompt, RankResult
 
 __all__ = ["ROUND_LOG_NAME", "RoundLogWriter", "log_row"]
@@ -30,12 +31,15 @@ def log_row(
     result: RankResult,
     whitebox_ranking: Sequence[int],
     agreement: Sequence[int],
+    ranker_prompt: Prompt | None = None,
 ) -> dict[str, Any]:
     """One row of the round log.
 
     ``prompt`` is the prompt string, or for chat prompts the text the model saw (chat template
     applied); ``messages`` always holds the conversation (a string prompt is one user turn).
     ``ranking`` is the black box's, best first (``[]`` when it failed, ``error`` says why).
+    ``ranker_prompt`` is the conversation as the black box was shown it (``ranker_prompt``,
+    default ``prompt``): after truncation to ``max_prompt_length``, with ``[...]`` where cut.
     """
     if isinstance(prompt, str):
         text, messages = prompt, [{"role": "user", "content": prompt}]
@@ -48,6 +52,7 @@ def log_row(
         "process_index": int(process_index),
         "prompt": text,
         "messages": messages,
+        "ranker_prompt": dialogue_text(prompt if ranker_prompt is None else ranker_prompt),
         "responses": [str(r) for r in responses],
         "ranking": [int(i) for i in result.ranking] if result.ok else [],
         "whitebox_ranking": [int(i) for i in whitebox_ranking],

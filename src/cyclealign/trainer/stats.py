@@ -33,6 +33,7 @@ class RoundStats:
     prompts: float = 0  # prompts in the batch
     ranked: float = 0  # prompts with a valid black-box ranking
     failures: float = 0  # prompts whose ranking failed
+    late: float = 0  # of those, rankings with no answer within the round deadline
     hard_failures: float = 0  # of those, failed for a reason no retry fixes (not an outage)
     usable: float = 0  # prompts with a training target and two candidates or more
     not_full: float = 0  # prompts whose two rankings do not agree fully (failures included)
@@ -45,6 +46,8 @@ class RoundStats:
     cache_hits: float = 0
     prompt_tokens: float = 0
     completion_tokens: float = 0
+    cache_repairs: float = 0
+    demonstrations: float = 0  # dynamic demonstrations sent, summed over the requests
     responses: float = 0  # distinct sampled responses (the candidates)
     response_tokens: float = 0  # their tokens, EOS included
     clipped: float = 0  # those cut by max_completion_length (no EOS)
@@ -82,7 +85,13 @@ class RoundStats:
 
     def set_spent(self, before: Usage, after: Usage) -> None:
         """What the ranker spent this round: the difference of two copies of its ``usage``."""
-        for name in ("requests", "cache_hits", "prompt_tokens", "completion_tokens"):
+        for name in (
+            "requests",
+            "cache_hits",
+            "prompt_tokens",
+            "completion_tokens",
+            "cache_repairs",
+        ):
             setattr(self, name, getattr(after, name) - getattr(before, name))
 
     def add_loss(self, output: RankingLossOutput, contributing: int) -> None:
@@ -152,19 +161,22 @@ class CycleMetrics:
 
 
 def stats_to_metrics(stats: RoundStats) -> dict[str, float]:
-    """Ratios and counts logged under ``agreement/*``, ``ranker/*``, ``completions/*`` and
-    ``loss/*``."""
+    """Ratios and counts logged under ``agreement/*``, ``ranker/*``, ``demos/*``,
+    ``completions/*`` and ``loss/*``."""
     return {
         "agreement/length": _ratio(stats.agree_len, stats.ranked),
         "agreement/full_rate": _ratio(stats.full, stats.ranked),
         "agreement/kendall_tau": _ratio(stats.tau_sum, stats.tau_count),
         "ranker/failures": stats.failures,
         "ranker/failure_rate": _ratio(stats.failures, stats.prompts),
+        "ranker/late": stats.late,
         "ranker/requests": stats.requests,
         "ranker/cache_hits": stats.cache_hits,
+        "ranker/cache_repairs": stats.cache_repairs,
         "ranker/prompt_tokens": stats.prompt_tokens,
         "ranker/completion_tokens": stats.completion_tokens,
         "ranker/better_responses": stats.better,
+        "demos/per_request": _ratio(stats.demonstrations, stats.prompts),
         "completions/mean_length": _ratio(stats.response_tokens, stats.responses),
         "completions/clipped_ratio": _ratio(stats.clipped, stats.responses),
         "loss/rank": _ratio(stats.rank_loss_sum, stats.contributing),

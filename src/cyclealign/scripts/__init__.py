@@ -1,0 +1,1 @@
+"""The training script behind ``cyclealign train`` and ``examples/hh_rlhf.py``."""
