@@ -162,3 +162,90 @@ class ScriptedGenerator:
 def word(tokenizer, text):
     (token,) = tokenizer(text, add_special_tokens=False)["input_ids"]
     return token
+
+
+#: An answer per prompt of ``PROMPTS``, from words the tiny tokenizer knows.
+ANSWERS = [
+    "Mix flour, water, yeast and salt, then bake.",
+    "Why did the chicken cross the road?",
+    "Paris is the capital of France.",
+    "hello world. yes no maybe good bad",
+    "four five",
+    "apple banana cherry dog cat fish bird",
+    "red green blue one two three",
+    "jumps over the lazy dog.",
+]
+
+#: The smallest margin (log-probability of the top token minus the runner-up's) allowed along
+#: a greedy path compared across engines. fp32 kernels of vLLM and transformers differ by about
+#: 2e-5 in log-probability (measured on SmolLM2-135M); 1e-2 is 500 times that, so no argmax
+#: can flip between them.
+GREEDY_MARGIN = 1e-2
+
+
+def build_vllm_tiny_model(tokenizer, seed: int = 0, **overrides):
+    """A tiny Llama shaped as vLLM's CPU kernels need (head_dim 64; they refuse 16), with
+    tied embeddings as SmolLM2 has."""
+    settings = dict(
+        hidden_size=128,
+        intermediate_size=256,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    return build_tiny_model(tokenizer, seed=seed, **{**settings, **overrides})
+
+
+def chat_ids(tokenizer, prompt: str, answer: str | None = None) -> list[int]:
+    messages = [{"role": "user", "content": prompt}]
+    if answer is not None:
+        messages.append({"role": "assistant", "content": answer})
+    ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=answer is None, tokenize=True
+    )
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def train_to_answer(model, tokenizer, steps: int = 100, lr: float = 3e-3):
+    """Fine-tune ``model`` on ``PROMPTS`` -> ``ANSWERS`` chats until its greedy answers are
+    confident: the margins along its greedy paths then exceed ``GREEDY_MARGIN``."""
+    rows = [chat_ids(tokenizer, p, a) for p, a in zip(PROMPTS, ANSWERS)]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    labels = ids.masked_fill(mask == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval()
+
+
+def greedy_with_margins(model, prompts: list[list[int]], max_new_tokens: int, eos_ids):
+    """transformers' greedy completion of each unpadded prompt (EOS included where it ended)
+    and the smallest top-1 margin (log-probabilities) along it."""
+    results = []
+    with torch.no_grad():
+        for prompt in prompts:
+            out = model.generate(
+                torch.tensor([prompt]),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                output_scores=True,
+                return_dict_in_generate=True,
+                eos_token_id=list(eos_ids),
+                pad_token_id=eos_ids[0],
+            )
+            completion = out.sequences[0, len(prompt) :].tolist()
+            margins = []
+            for scores in out.scores:
+                top = torch.log_softmax(scores[0].float(), -1).topk(2).values
+                margins.append(float(top[0] - top[1]))
+            results.append((completion, min(margins)))
+    return results

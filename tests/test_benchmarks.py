@@ -7,6 +7,7 @@ report ratios measured in one run.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -122,6 +123,24 @@ def test_vs_trl_counts_judge_requests_per_step(tmp_path):
     assert [r["judge requests / step"] for r in ratios] == [0.5, 0.5]
     # The criteria make the pointwise prompt longer.
     assert criteria["judge tokens / step"] > short["judge tokens / step"]
+
+
+#: generation.py with settings that take seconds (tests/test_vllm_benchmark.py runs the same
+#: in the vLLM environment, where the vLLM rows run).
+GENERATION_SMALL = ["--model", "tiny", "--prompts", "2", "--samples", "2", "--tokens", "4"]
+GENERATION_SMALL += ["--steps", "2", "--repeats", "1", "--eager"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed")
+def test_generation_without_vllm_skips_its_vllm_rows_with_the_reason(tmp_path):
+    result = run_script("generation", tmp_path, *GENERATION_SMALL)
+    hf32, hf16, ours, grpo = result["rows"]
+    assert hf32["sampling tokens/s"] > 0 and hf16["sampling tokens/s"] > 0
+    assert hf32["step (s)"] > 0 and hf32["rounds / step"] == 2
+    for row in (ours, grpo):
+        assert row["status"].startswith("skipped: vLLM is not installed in this environment")
+    assert result["details"]["vllm"] is None
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

@@ -12,6 +12,8 @@ from transformers import TrainingArguments
 __all__ = ["CycleAlignConfig"]
 
 _CHOICES = {
+    "vllm_mode": ("colocate",),
+    "vllm_dtype": ("auto", "float32", "bfloat16", "float16"),
     "ranker_failure_policy": ("skip", "whitebox"),
     "reward_from_ranking": ("linear", "scores"),
     "demonstration_selection": ("recent", "similar"),
@@ -91,6 +93,36 @@ class CycleAlignConfig(TrainingArguments):
         chat_template_kwargs (`dict[str, Any]` or `str`, *optional*):
             Extra keyword arguments of `apply_chat_template` for message-list prompts (for
             example `{"enable_thinking": false}`), as in TRL. String prompts are raw text.
+
+        > Parameters that control generation with vLLM
+
+        use_vllm (`bool`, *optional*, defaults to `False`):
+            Sample the rounds' responses with a vLLM engine instead of transformers'
+            `generate` (GPU: `pip install "cyclealign[vllm]"`; CPU: `scripts/vllm-env.sh`,
+            see docs/trainer.md). The engine samples from the latest update: the weights that
+            can have changed are sent to it before every round that follows one. The
+            white-box ranking and the loss still come from the training model.
+        vllm_mode (`str`, *optional*, defaults to `"colocate"`):
+            `"colocate"`: one engine inside each training process, as in TRL. TRL's
+            `"server"` mode is not offered: the cycle syncs weights after every round.
+        vllm_gpu_memory_utilization (`float`, *optional*, defaults to `0.3`):
+            Fraction of GPU memory the engine reserves for weights, activations and KV cache
+            (TRL's default). On CPUs see `vllm_kv_cache_memory_bytes`.
+        vllm_max_model_length (`int` or `None`, *optional*):
+            The engine's context length (prompt and response). `None`: `max_prompt_length +
+            max_completion_length` (the collator truncates prompts), else the model's.
+        vllm_dtype (`str`, *optional*, defaults to `"auto"`):
+            The engine's dtype: `"auto"` is the training model's (unlike vLLM's own `"auto"`,
+            which runs fp32 checkpoints in half precision), or `"float32"`, `"bfloat16"`,
+            `"float16"`.
+        vllm_enforce_eager (`bool`, *optional*, defaults to `False`):
+            Run the engine without compilation (vLLM's `enforce_eager`): it starts in about a
+            third of the time (20 s instead of 60-90 s for SmolLM2 on a CPU) and samples more
+            slowly.
+        vllm_kv_cache_memory_bytes (`int` or `None`, *optional*):
+            Bytes of KV cache (vLLM's `kv_cache_memory_bytes`). `None`: on GPUs what
+            `vllm_gpu_memory_utilization` leaves, on CPUs 1 GiB (there vLLM's
+            `gpu_memory_utilization` would be a fraction of the machine's memory).
 
         > Parameters that control the cycle
 
@@ -296,6 +328,42 @@ class CycleAlignConfig(TrainingArguments):
         metadata={"help": "Extra apply_chat_template kwargs for message prompts, as in TRL."},
     )
 
+    # -- generation with vLLM -----------------------------------------------------------------
+    use_vllm: bool = field(
+        default=False,
+        metadata={"help": "Sample the responses with a colocated vLLM engine, synced per round."},
+    )
+    vllm_mode: str = field(
+        default="colocate",
+        metadata={
+            "help": "'colocate': one engine in each training process.",
+            "choices": list(_CHOICES["vllm_mode"]),
+        },
+    )
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3, metadata={"help": "Fraction of GPU memory the engine reserves."}
+    )
+    vllm_max_model_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Engine context length. None: max_prompt_length + max_completion_length."
+        },
+    )
+    vllm_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Engine dtype; 'auto': the training model's.",
+            "choices": list(_CHOICES["vllm_dtype"]),
+        },
+    )
+    vllm_enforce_eager: bool = field(
+        default=False, metadata={"help": "No compilation: faster start-up, slower sampling."}
+    )
+    vllm_kv_cache_memory_bytes: int | None = field(
+        default=None,
+        metadata={"help": "Bytes of KV cache. None: GPU from the fraction, CPU 1 GiB."},
+    )
+
     # -- the cycle ------------------------------------------------------------------------------
     max_rounds: int = field(default=5, metadata={"help": "Rounds per training step."})
     stop_on_full_agreement: bool = field(
@@ -488,6 +556,8 @@ class CycleAlignConfig(TrainingArguments):
                     f"CycleAlignConfig: {name} must be one of {list(choices)}, got "
                     f"{getattr(self, name)!r}."
                 )
+        if self.use_vllm:
+            _validate_vllm_fields(self)
         from .losses import get_ranking_loss
 
         try:  # build it once so a bad name or keyword fails here, not at the first step
@@ -497,6 +567,32 @@ class CycleAlignConfig(TrainingArguments):
                 f"CycleAlignConfig: ranking_loss={self.ranking_loss!r} with ranking_loss_kwargs="
                 f"{self.ranking_loss_kwargs!r} cannot be built: {err}"
             ) from err
+
+
+def _validate_vllm_fields(args: CycleAlignConfig) -> None:
+    from .vllm_sampling import unmappable_generation_kwargs
+
+    if not 0 < args.vllm_gpu_memory_utilization <= 1:
+        raise ValueError(
+            "CycleAlignConfig: vllm_gpu_memory_utilization must be in (0, 1], got "
+            f"{args.vllm_gpu_memory_utilization}."
+        )
+    for name in ("vllm_max_model_length", "vllm_kv_cache_memory_bytes"):
+        if getattr(args, name) is not None:
+            _check_int(name, getattr(args, name), 1, "or None")
+    unmapped = unmappable_generation_kwargs(args.generation_kwargs)
+    if unmapped:
+        raise ValueError(
+            f"CycleAlignConfig: use_vllm=True cannot honour generation_kwargs {unmapped}: vLLM's "
+            "sampling has no counterpart for them (it maps temperature, top_p, top_k, min_p, "
+            "repetition_penalty, max_new_tokens, min_new_tokens, stop_strings and "
+            "do_sample=False). Remove them, or sample with transformers (use_vllm=False)."
+        )
+    if args.fsdp:
+        raise ValueError(
+            "CycleAlignConfig: use_vllm=True does not support FSDP yet (the weight sync "
+            "gathers DDP and DeepSpeed models). Use DeepSpeed ZeRO-3, or use_vllm=False."
+        )
 
 
 def _parse_dict(name: str, value: Any) -> dict | None:

@@ -27,6 +27,7 @@ __all__ = [
     "Candidates",
     "EndedResponse",
     "checkpointing_paused",
+    "collapse_responses",
     "end_responses",
     "eos_token_ids",
     "sample_candidates",
@@ -173,7 +174,6 @@ def sample_candidates(
     ``chunk_rows`` sequences, to bound memory), end them (:func:`end_responses`, with the
     generation config's ``stop_strings``), then collapse identical responses of a prompt
     (same text) to one candidate."""
-    batch = prompt_ids.shape[0]
     prompt_len = prompt_ids.shape[1]
     ids = prompt_ids.repeat_interleave(num_generations, dim=0)
     mask = prompt_mask.repeat_interleave(num_generations, dim=0)
@@ -195,6 +195,20 @@ def sample_candidates(
     ended = end_responses(
         rows, tokenizer=tokenizer, eos_token_ids=eos_token_ids, stop_strings=stops
     )
+    return collapse_responses(prompt_ids, prompt_mask, ended, num_generations, eos_token_ids)
+
+
+def collapse_responses(
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    ended: Sequence[EndedResponse],
+    num_generations: int,
+    eos_token_ids: Sequence[int],
+) -> Candidates:
+    """A batch's :class:`Candidates` from its ended responses (``num_generations`` per prompt,
+    prompt by prompt): identical responses of a prompt (same text) collapse to one candidate,
+    the first one sampled. Every sampling engine ends here."""
+    batch = prompt_ids.shape[0]
     width = max(len(r.token_ids) for r in ended)
     completions = torch.full((len(ended), width), int(eos_token_ids[0]), dtype=torch.long)
     mask = torch.zeros(len(ended), width, dtype=torch.bool)

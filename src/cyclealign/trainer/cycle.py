@@ -30,6 +30,7 @@ from ..rankers.prompt import drop_static_demonstration
 from ..sampling import Candidates, checkpointing_paused, sample_candidates, sampling_config
 from ..targets import PromptOutcome, add_better_responses, prompt_outcome, target_tensors
 from ..types import RankRequest, RankResult
+from ..vllm_sampling import VLLMSampler
 from .base import RankingTrainerBase
 from .checkpoint import restore_cycle_state, save_cycle_state
 from .completions import log_completion_table
@@ -143,6 +144,11 @@ class CycleAlignTrainer(RankingTrainerBase):
             self.args, self.processing_class, self.eos_token_ids
         )
         self._round_log = RoundLogWriter(self.args.output_dir) if self.args.round_log else None
+        self.vllm: VLLMSampler | None = None
+        if self.args.use_vllm:
+            self.vllm = VLLMSampler(
+                self.model, self.accelerator, self.processing_class, self.args, self.eos_token_ids
+            )
 
     def _set_signature_columns_if_needed(self) -> None:
         # With remove_unused_columns=True only the raw prompt is kept (the collator tokenizes
@@ -171,11 +177,14 @@ class CycleAlignTrainer(RankingTrainerBase):
             step_stats.add(out.stats)
             rounds += 1
             updates += out.updated
+            if out.updated and self.vllm is not None:
+                self.vllm.mark_stale()  # the next round samples from the new weights
             if out.last:
                 break
         self._metrics.add_step(step_stats, rounds, updates)
         self._metrics.add("demos/pool_size", len(self.pool))
-        self._metrics.add_times(("generate", "forward", "rank_wait", "backward"))
+        phases = ("generate", "forward", "rank_wait", "backward")
+        self._metrics.add_times(phases + (("weight_sync",) if self.vllm else ()))
         if self.failures.end_step(self.state.global_step + 1, step_stats, updates):
             # Saved and stopped by the Trainer once this step is counted; train() raises.
             self.control.should_save = self.control.should_log = True
@@ -197,6 +206,9 @@ class CycleAlignTrainer(RankingTrainerBase):
         prompts = inputs["prompts"]
         # What the white box sees after truncation: the black box ranks the same.
         visible = inputs.get("visible_prompts", prompts)
+        if self.vllm is not None:
+            with self._metrics.timed("weight_sync"):
+                self.vllm.sync()
         with self._metrics.timed("generate"):
             candidates = self._generate(model, inputs)
         usage_before = copy.deepcopy(self.ranker.usage)
@@ -217,6 +229,9 @@ class CycleAlignTrainer(RankingTrainerBase):
 
     def _generate(self, model: torch.nn.Module, inputs: dict[str, Any]) -> Candidates:
         """Sample ``num_generations`` responses per prompt with the current weights."""
+        if self.vllm is not None:  # synced by _run_round
+            step = self.state.global_step
+            return self.vllm.sample(inputs["input_ids"], inputs["attention_mask"], step)
         with (
             torch.no_grad(),
             checkpointing_paused(model),  # before trl's unwrap, which then leaves it alone
