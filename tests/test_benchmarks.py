@@ -143,6 +143,15 @@ def test_generation_without_vllm_skips_its_vllm_rows_with_the_reason(tmp_path):
     assert result["details"]["vllm"] is None
 
 
+LORA_SMALL = ["--model", "tiny", "--rounds", "2", "--tokens", "4", "--prompts", "2"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed")
+def test_lora_sync_without_vllm_skips_both_rows_with_the_reason(tmp_path):
+    rows = run_script("lora_sync", tmp_path, *LORA_SMALL)["rows"]
+    assert [r["status"].startswith("skipped: vLLM is not installed") for r in rows] == [True] * 2
+
+
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_docs_quote_the_committed_results(name):
     sys.path.insert(0, str(BENCHMARKS))

@@ -1,11 +1,12 @@
-"""benchmarks/generation.py in the vLLM environment: every row runs (in CI its vLLM rows are
-never skipped), with the settings of tests/test_benchmarks.py (a tiny model, seconds)."""
+"""benchmarks/generation.py and benchmarks/lora_sync.py in the vLLM environment: every row
+runs (in CI their vLLM rows are never skipped), with the settings of tests/test_benchmarks.py
+(a tiny model, seconds)."""
 
 from __future__ import annotations
 
 import pytest
 
-from test_benchmarks import GENERATION_SMALL, run_script
+from test_benchmarks import GENERATION_SMALL, LORA_SMALL, run_script
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -25,3 +26,11 @@ def test_generation_measures_vllm_and_trls_grpo(tmp_path):
     # The engine was built with the trainer's settings, fp32 nowhere forced.
     assert result["details"]["vllm"]["engine"]["dtype"] == "bfloat16"
     assert any("TRL 1.16 on CPUs" in note for note in result["notes"])
+
+
+def test_lora_sync_measures_both_ways_into_the_engine(tmp_path):
+    merge, adapter = run_script("lora_sync", tmp_path, *LORA_SMALL)["rows"]
+    for row in (merge, adapter):
+        assert row["status"] == "ran"
+        assert row["adapter into the engine (s)"] > 0 and row["sampling tokens/s"] > 0
+    assert merge["method"].startswith("merge and sync")

@@ -37,6 +37,7 @@ from helpers import (
 )
 
 engine = pytest.mark.vllm  # needs vLLM: runs in the environment scripts/vllm-env.sh builds
+LORA_LR = 1e-2  # the adapter must move the greedy answers; margins stay above the threshold
 PACKED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
 
 
@@ -166,7 +167,7 @@ class EchoWhitebox(BlackBoxRanker):
         return [RankResult(list(ranking)) for ranking in self.tap.wait()]
 
 
-def make_trainer(model, path, out, ranker, **overrides):
+def make_trainer(model, path, out, ranker, peft_config=None, **overrides):
     settings = dict(
         output_dir=str(out),
         per_device_train_batch_size=4,
@@ -197,6 +198,7 @@ def make_trainer(model, path, out, ranker, **overrides):
         train_dataset=Dataset.from_dict({"prompt": [chat(p) for p in PROMPTS * 2]}),
         processing_class=AutoTokenizer.from_pretrained(path),
         ranker=ranker,
+        peft_config=peft_config,
     )
 
 
@@ -321,3 +323,34 @@ def test_settings_vllm_refuses_fail_before_an_engine_is_built(answering_model_di
     model = AutoModelForCausalLM.from_pretrained(answering_model_dir)
     with pytest.raises(ValueError, match=r"vLLM refuses these sampling settings .*temperature"):
         make_trainer(model, answering_model_dir, tmp_path, ByLength(), temperature=3.0)
+
+
+@engine
+@pytest.mark.slow
+def test_lora_after_an_update_the_engine_samples_what_the_adapted_model_samples(
+    answering_model_dir, tmp_path
+):
+    from peft import LoraConfig
+
+    model = AutoModelForCausalLM.from_pretrained(answering_model_dir)
+    trainer = make_trainer(
+        model,
+        answering_model_dir,
+        tmp_path,
+        ByLength(),
+        learning_rate=LORA_LR,
+        peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
+    )
+    tokenizer, eos = trainer.processing_class, trainer.eos_token_ids
+    prompts = prompts_of(tokenizer)
+    original = greedy_with_margins(trainer.model, prompts, 24, eos)
+    trainer.train()
+    assert trainer.state.log_history[0]["cycle/updates"] == 2
+
+    trainer.vllm.sync()  # merges the adapter, sends the adapted layers, unmerges
+    assert trainer.vllm.last_sync_tensors == 2 * 3  # two layers' q, k and v (fused)
+    updated = greedy_with_margins(trainer.model, prompts, 24, eos)
+    assert min(margin for _, margin in original + updated) > GREEDY_MARGIN
+    engine = trainer.vllm.greedy(prompts, 24)
+    assert engine == [completion for completion, _ in updated]
+    assert engine != [completion for completion, _ in original]

@@ -27,6 +27,7 @@ Nothing here imports vLLM or TRL's vLLM code until an engine is built.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -146,14 +147,16 @@ class VLLMSampler:
         self.last_sync_seconds = 0.0
         self.last_sync_tensors = 0
         _check_sampling(args, self.eos_token_ids)  # before the engine: vLLM's own limits
+        self.engine_kwargs = self._engine_kwargs()
         self._generation = _trl_generation(self)
         self.llm = self._generation.llm
         self._changed = changed_parameter_names(model, _packed_modules(self.vllm_model()))
 
     # -- the engine ----------------------------------------------------------------------------
 
-    def engine_kwargs(self) -> dict[str, Any]:
-        """What the engine is built with (``vllm.LLM`` keywords)."""
+    def _engine_kwargs(self) -> dict[str, Any]:
+        """What the engine is built with (``vllm.LLM`` keywords); once, in ``__init__``
+        (saving a folder is collective)."""
         args, model = self.args, self.model
         dtype = args.vllm_dtype
         if dtype == "auto":  # the training model's, not vLLM's "auto" (which halves fp32)
@@ -161,18 +164,21 @@ class VLLMSampler:
         max_len = args.vllm_max_model_length
         if max_len is None and args.max_prompt_length is not None:
             max_len = args.max_prompt_length + args.max_completion_length
+        folder, load_format = _model_folder(
+            model, self.tokenizer, args.output_dir, self.accelerator
+        )
         kwargs: dict[str, Any] = {
-            "model": _model_folder(model, self.tokenizer, args.output_dir),
+            "model": folder,
+            "load_format": load_format,
             "dtype": dtype,
             "max_model_len": max_len,
             "enforce_eager": args.vllm_enforce_eager,
             "distributed_executor_backend": "external_launcher",
-            # Each process samples its own prompts; seeds are per request anyway.
-            "seed": self.accelerator.process_index,
+            "seed": args.seed,  # per-request seeds (with the process index) vary the samples
             "max_num_batched_tokens": 4096,  # as TRL: vLLM's profiler is misled by more
             "tensor_parallel_size": 1,
         }
-        tokenizer_dir = _tokenizer_folder(kwargs["model"], self.tokenizer, args.output_dir)
+        tokenizer_dir = _tokenizer_folder(folder, self.tokenizer, args.output_dir, self.accelerator)
         if tokenizer_dir != kwargs["model"]:
             kwargs["tokenizer"] = tokenizer_dir
         if args.vllm_kv_cache_memory_bytes is not None:
@@ -363,26 +369,33 @@ def _packed_modules(vllm_model: Any) -> dict[str, list[str]]:
     return dict(getattr(vllm_model, "packed_modules_mapping", {}) or {})
 
 
-def _model_folder(model: Any, tokenizer: Any, output_dir: str) -> str:
-    """A folder the engine can load: the model's own, else a copy saved once (the first
-    sync sends the training weights anyway)."""
-    path = getattr(model, "name_or_path", None) or ""
-    if os.path.isfile(os.path.join(str(path), "config.json")):
-        return str(path)
+def _model_folder(model: Any, tokenizer: Any, output_dir: str, accelerator: Any) -> tuple[str, str]:
+    """The folder the engine is built from, and its ``load_format``: the model's own folder,
+    else its config and tokenizer saved once into ``output_dir/vllm-model`` (by the main
+    process; under ZeRO-3 the weights are shards) and random weights (vLLM's ``"dummy"``).
+    Either way the first sync sends all the training weights."""
+    path = str(getattr(model, "name_or_path", None) or "")
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return path, "auto"
     folder = os.path.join(output_dir, "vllm-model")
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    if accelerator.is_local_main_process:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base.config.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    accelerator.wait_for_everyone()
+    return folder, "dummy"
 
 
-def _tokenizer_folder(model_dir: str, tokenizer: Any, output_dir: str) -> str:
+def _tokenizer_folder(model_dir: str, tokenizer: Any, output_dir: str, accelerator: Any) -> str:
+    """The model's folder when it holds the tokenizer, else the trainer's tokenizer saved."""
     if any(
         os.path.isfile(os.path.join(model_dir, f)) for f in ("tokenizer.json", "tokenizer.model")
     ):
         return model_dir
     folder = os.path.join(output_dir, "vllm-tokenizer")
-    tokenizer.save_pretrained(folder)
+    if accelerator.is_local_main_process:
+        tokenizer.save_pretrained(folder)
+    accelerator.wait_for_everyone()
     return folder
 
 
@@ -413,13 +426,31 @@ def _trl_generation(sampler: VLLMSampler) -> Any:
     )
 
 
+@contextlib.contextmanager
+def _rng_untouched() -> Iterator[None]:
+    import random
+
+    import numpy as np
+
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
 def _engine(sampler: VLLMSampler) -> Any:
     """The process's engine for these settings, built on first use. vLLM engines are not
     freed reliably on CPUs, so a second trainer with the same settings (a notebook, a test
     session) reuses the first one; its first sync sends all of its own weights."""
     from trl.trainer.utils import ensure_master_addr_port
 
-    kwargs = sampler.engine_kwargs()
+    kwargs = sampler.engine_kwargs
     key = json.dumps(kwargs, sort_keys=True, default=str)
     if key in _ENGINES:
         return _ENGINES[key]
@@ -429,14 +460,14 @@ def _engine(sampler: VLLMSampler) -> Any:
     os.environ["LOCAL_RANK"] = str(accelerator.local_process_index)
     os.environ["WORLD_SIZE"] = str(accelerator.num_processes)
     ensure_master_addr_port()
-    if sampler.on_cpu and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
-        # vLLM's "auto" binds its OpenMP threads to all cores but one; training shares them.
-        cores = sorted(os.sched_getaffinity(0))
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"{cores[0]}-{cores[-1]}"
+    # On CPUs a colocated engine computes with the process's torch threads (vLLM's OpenMP
+    # binding applies to its own worker processes only), and replaces torch.set_num_threads
+    # with a no-op from here on.
     from vllm import LLM
 
     start = time.perf_counter()
-    llm = LLM(**kwargs)
+    with _rng_untouched():  # vLLM seeds the global RNGs: the Trainer's shuffling must not move
+        llm = LLM(**kwargs)
     logger.info("vLLM engine built in %.1f s: %s", time.perf_counter() - start, kwargs)
     _ENGINES[key] = llm
     return llm

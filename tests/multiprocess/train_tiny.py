@@ -28,7 +28,22 @@ from transformers import TrainerCallback  # noqa: E402
 from cyclealign import CycleAlignConfig, CycleAlignTrainer  # noqa: E402
 from cyclealign.rankers.base import BlackBoxRanker  # noqa: E402
 from cyclealign.types import RankResult  # noqa: E402
-from helpers import PROMPTS, WhiteboxTap, build_tiny_model, build_tiny_tokenizer  # noqa: E402
+from helpers import (  # noqa: E402
+    PROMPTS,
+    WhiteboxTap,
+    build_tiny_model,
+    build_tiny_tokenizer,
+    build_vllm_tiny_model,
+)
+
+#: The engine of a --vllm run: fp32 as the training, eager (start-up in seconds), small.
+VLLM = dict(
+    use_vllm=True,
+    vllm_dtype="float32",
+    vllm_enforce_eager=True,
+    vllm_max_model_length=128,
+    vllm_kv_cache_memory_bytes=128 * 2**20,
+)
 
 
 class PreferE(BlackBoxRanker):
@@ -191,6 +206,7 @@ def main() -> None:
     scenarios = ["prefer", "one_fails", "all_fail", "fail_first_step"]
     parser.add_argument("--scenario", default="prefer", choices=scenarios)
     parser.add_argument("--peft", action="store_true")
+    parser.add_argument("--vllm", action="store_true", help="sample with a colocated vLLM engine")
     parser.add_argument("--gradient_checkpointing", action="store_true")
     parser.add_argument("--checkpoint_every_n_layers", type=int, default=1)
     parser.add_argument("--max_rounds", type=int, default=2)
@@ -213,7 +229,8 @@ def main() -> None:
     cli = parser.parse_args()
 
     tokenizer = build_tiny_tokenizer()
-    model = build_tiny_model(tokenizer, seed=0)  # the same initial weights on every process
+    build = build_vllm_tiny_model if cli.vllm else build_tiny_model  # vLLM needs head_dim 64
+    model = build(tokenizer, seed=0)  # the same initial weights on every process
     initial = checksum(model)
     initial_tensors = tensor_sums(model)
     numel = sum(p.numel() for p in model.parameters())
@@ -240,6 +257,7 @@ def main() -> None:
         gradient_checkpointing=cli.gradient_checkpointing,
         gradient_checkpointing_kwargs=checkpointing_kwargs,
         eval_on_start=cli.evaluate,
+        **VLLM if cli.vllm else {},
     )
     from datasets import Dataset
 
@@ -347,6 +365,7 @@ def main() -> None:
             "prompts_seen": ranker.seen,
             "global_step": trainer.state.global_step,
             "log_history": trainer.state.log_history,
+            "vllm_synced_tensors": trainer.vllm.last_sync_tensors if trainer.vllm else None,
         }
     )
     Path(cli.out).mkdir(parents=True, exist_ok=True)
