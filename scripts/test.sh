@@ -27,11 +27,15 @@ if [[ $status -ne 0 ]]; then
 fi
 
 # The checkout's code, not an installed copy: the environment holds third-party packages only.
-# One pytest session per file: each starts one vLLM process (a server, or an engine) and
-# stops it at its end, so two never run at once. Only the vLLM test files are collected
+# One pytest session per file: each starts its vLLM processes (a server, an engine, the two
+# engines of the 2-process tests, the benchmark's engines one after the other) and stops
+# them before the next file's start. Only the vLLM test files are collected
 # (the others import what this environment lacks); pytest's exit status 5 (no test
 # collected) fails like any other.
+# OpenMP workers that spin stall everything else on two cores (an engine, a server, the
+# trainer's threads): wait passively.
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 for file in tests/test_vllm_*.py; do
     echo "== vLLM tests: $file ($VLLM_PY)" >&2
     "$VLLM_PY" -m pytest -m vllm -p no:cacheprovider "$file"
