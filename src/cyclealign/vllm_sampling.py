@@ -199,6 +199,11 @@ class VLLMSampler:
         """The training weights changed (an update): sync before the next sample."""
         self.stale = True
 
+    def resync_all(self) -> None:
+        """Any weight may have changed outside an update (``train()`` loading a checkpoint,
+        say): the next sync sends everything."""
+        self.stale, self._synced_once = True, False
+
     def sync(self) -> bool:
         """Send the weights that can have changed since the last sync, if any did. A
         collective under ZeRO-3 (every process syncs, at the same rounds). Returns whether

@@ -465,6 +465,8 @@ class CycleAlignTrainer(RankingTrainerBase):
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(f"No checkpoint found in output_dir ({self.args.output_dir}).")
+        if self.vllm is not None:
+            self.vllm.resync_all()  # a resume loads every weight, frozen ones included
         if resume_from_checkpoint:
             restore_cycle_state(
                 str(resume_from_checkpoint),
