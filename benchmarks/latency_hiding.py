@@ -66,6 +66,7 @@ def run(delays: list[float], prompts: int, repeats: int, hidden: int) -> dict[fl
             use_cpu=True,
             logging_steps=1,
             disable_tqdm=True,
+            use_better_response=False,  # the judge writes none: ask for the ranking only
         )
         data = Dataset.from_dict({"prompt": (PROMPTS * len(schedule))[: prompts * len(schedule)]})
         trainer = CycleAlignTrainer(

@@ -73,6 +73,8 @@ class FunctionRanker(BlackBoxRanker):
     counted in ``usage.failures`` and returned as ``RankResult(error=...)``, never raised.
     """
 
+    writes_better_responses = False
+
     def __init__(self, reward_fn: Callable[..., Any], batch_size: int | None = None) -> None:
         self.reward_fn = reward_fn
         self.batch_size = batch_size
@@ -144,6 +146,8 @@ class RewardModelRanker(BlackBoxRanker):
     taken to put "good" first (for a classifier whose label 0 means "bad", wrap it in a
     :class:`FunctionRanker` instead). Scoring runs under ``no_grad`` in eval mode.
     """
+
+    writes_better_responses = False
 
     def __init__(
         self,
@@ -235,6 +239,8 @@ class LocalChatRanker(BlackBoxRanker):
         max_permutations_n: largest ``n`` scored exhaustively (``n!`` answers).
         batch_size: answers scored per forward pass.
     """
+
+    writes_better_responses = False
 
     def __init__(
         self,
