@@ -66,6 +66,7 @@ def run(delays: list[float], prompts: int, repeats: int, hidden: int) -> dict[fl
             use_cpu=True,
             logging_steps=1,
             disable_tqdm=True,
+            use_better_response=False,  # the judge writes none: ask for the ranking only
         )
         chats = [[{"role": "user", "content": p}] for p in PROMPTS]  # the chat template applies
         data = Dataset.from_dict({"prompt": (chats * len(schedule))[: prompts * len(schedule)]})

@@ -5,6 +5,7 @@ request never yields a ranking (property tests built from the grammar's own piec
 from __future__ import annotations
 
 import json
+import os
 import unicodedata
 from datetime import timedelta
 
@@ -29,7 +30,7 @@ from cyclealign.types import Demonstration, RankRequest
 
 # Seconds in CI: few enough examples, each well under the deadline.
 PROPERTY = settings(
-    max_examples=120,
+    max_examples=int(os.environ.get("CYCLEALIGN_HYPOTHESIS_EXAMPLES", "120")),
     deadline=timedelta(seconds=2),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -172,8 +173,10 @@ def test_an_honest_judge_ranking_is_what_gets_parsed(request_, where, data):
 
 def _echoes(messages, data) -> list[str]:
     """Parts of the request, verbatim: each response as shown, the task, everything, and
-    runs of whole lines of it. Left out: a run that starts with a demonstration's answer
-    turn, which is indistinguishable from an honest one-line answer."""
+    runs of whole lines of it. Left out: a run that reaches a demonstration's answer turn with
+    fewer than QUOTE_MIN_CHARS characters of the request before it. By the definition of a
+    quotation such a run is a few words of one's own and then an honest answer line (one
+    that happens to equal a demonstration's), which must be read."""
     contents = [str(m["content"]) for m in messages]
     echoes = [*_shown(messages), contents[-1], "\n\n".join(contents)]
     lines, answer_starts = [], set()
@@ -186,6 +189,11 @@ def _echoes(messages, data) -> list[str]:
         if start in answer_starts:
             continue
         stop = data.draw(st.integers(start + 1, len(lines)))
+        first_answer = min((a for a in answer_starts if start < a < stop), default=None)
+        if first_answer is not None:
+            before = "\n".join(lines[start:first_answer])
+            if len(before) < QUOTE_MIN_CHARS:
+                continue
         echoes.append("\n".join(lines[start:stop]))
     return echoes
 

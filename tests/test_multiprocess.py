@@ -219,9 +219,47 @@ def test_deepspeed_inner_rounds_match_the_plain_run(tmp_path, plain_run, config)
     losses = [h["loss"] for h in ds["log_history"] if "loss" in h]
     plain_losses = [h["loss"] for h in plain_run["log_history"] if "loss" in h]
     assert losses == pytest.approx(plain_losses, rel=1e-5)
+    # One learning-rate schedule, stepped once per training step as without DeepSpeed: the
+    # linear decay over 2 steps logs the rate each step used (stepped once per round, the
+    # second step would have run at 0).
+    assert logged(ds, "learning_rate") == pytest.approx(logged(plain_run, "learning_rate"))
+    assert logged(ds, "learning_rate") == pytest.approx([1e-3, 5e-4])
     assert ds["final"][1] == pytest.approx(plain_run["final"][1], rel=1e-9)
     assert ds["final"][1] != pytest.approx(ds["initial"][1], rel=1e-9)
     assert ds["pool"] == plain_run["pool"]
+
+
+def test_deepspeed_config_with_its_own_scheduler_is_refused_at_start(tmp_path):
+    own_schedule = {
+        "zero_optimization": {"stage": 2},
+        "gradient_accumulation_steps": 1,
+        "train_micro_batch_size_per_gpu": "auto",
+        "train_batch_size": "auto",
+        "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 1}},
+    }
+    (tmp_path / "ds.json").write_text(json.dumps(own_schedule))
+    config = tmp_path / "zero2_own_scheduler.yaml"
+    config.write_text(
+        "compute_environment: LOCAL_MACHINE\n"
+        "distributed_type: DEEPSPEED\n"
+        "deepspeed_config:\n"
+        f"  deepspeed_config_file: {tmp_path / 'ds.json'}\n"
+        "  zero3_init_flag: false\n"
+        "num_machines: 1\n"
+        "num_processes: 1\n"
+        "machine_rank: 0\n"
+        "rdzv_backend: static\n"
+        "same_network: true\n"
+        "use_cpu: false\n"
+    )
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    command += ["--num_processes", "1", "--main_process_port", str(free_port())]
+    command += [str(SCRIPT), "--out", str(tmp_path / "out")]
+    returncode, output = run(command, script_env())
+    assert returncode != 0
+    assert "has its own 'scheduler' section" in output
+    assert "Remove the scheduler section from the DeepSpeed JSON" in output
+    assert not (tmp_path / "out" / "rank0.json").exists()  # refused before any training
 
 
 def zero3_partitioned_config(folder: Path) -> Path:

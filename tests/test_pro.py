@@ -229,6 +229,45 @@ def test_per_prompt_candidate_counts():
     assert out.scores[1, 2] == float("-inf")
 
 
+def test_a_separate_sft_target_is_trained_on_and_not_ranked():
+    # The three hand-worked candidates, and a better response (tokens -0.5, -0.25) as the
+    # SFT target: it takes no part in the ranking, the SFT term trains on it, and the
+    # coefficient counts the 3 ranked candidates only: 0.05 * 2^2 = 0.2.
+    logps = t([[[-1.0, -3.0], [-1.0, 9.0], [-1.0, -2.0]]])
+    mask = torch.tensor([[[True, True], [True, False], [True, True]]])
+    rewards = t([[0.0, 2.0, 1.0]])
+    plain = PROLoss(eps=0.0)(logps, mask, rewards)
+    out = PROLoss(eps=0.0)(
+        logps,
+        mask,
+        rewards,
+        sft_token_logps=t([[-0.5, -0.25]]),
+        sft_token_mask=torch.ones(1, 2, dtype=torch.bool),
+    )
+    torch.testing.assert_close(out.rank_loss, plain.rank_loss)
+    torch.testing.assert_close(out.stage_losses, plain.stage_losses)
+    torch.testing.assert_close(out.sft_loss, t(0.75))
+    torch.testing.assert_close(out.sft_coefficient, t([0.2]))
+    torch.testing.assert_close(out.loss, plain.rank_loss + 0.2 * 0.75)
+    # A prompt without an SFT target (all-False mask row) keeps its best candidate; one with
+    # a single candidate has no pair to rank and contributes nothing, SFT target or not.
+    two = PROLoss(eps=0.0)(
+        torch.cat([logps, logps, logps]),
+        torch.cat([mask, mask, mask]),
+        torch.cat([rewards, rewards, rewards]),
+        torch.tensor([[True, True, True], [True, True, True], [True, False, False]]),
+        sft_token_logps=t([[-0.5, -0.25], [-0.5, -0.25], [-0.5, -0.25]]),
+        sft_token_mask=torch.tensor([[False, False], [True, True], [True, True]]),
+    )
+    torch.testing.assert_close(two.sft_loss, t((1.0 + 0.75) / 2))
+    torch.testing.assert_close(two.rank_loss, plain.rank_loss)
+    torch.testing.assert_close(two.sft_coefficient, t([0.2, 0.2, 0.0]))
+    with pytest.raises(ValueError, match="together"):
+        PROLoss()(logps, mask, rewards, sft_token_logps=t([[-1.0]]))
+    with pytest.raises(ValueError, match=r"sft_token_mask.*\[B, T\]"):
+        PROLoss()(logps, mask, rewards, sft_token_logps=t([[-1.0]]), sft_token_mask=t([[1, 1]]))
+
+
 def test_prompt_with_one_real_candidate_contributes_nothing():
     gen = torch.Generator().manual_seed(5)
     logps = -torch.rand(2, 3, 4, generator=gen, dtype=F64)

@@ -143,6 +143,37 @@ def test_hand_worked_three_candidates():
     torch.testing.assert_close(RRHFLoss(length_penalty=0.0)(logps, mask, rewards).rank_loss, t(8.0))
 
 
+def test_sft_weight_scales_only_the_sft_term():
+    gen = torch.Generator().manual_seed(11)
+    logps = -torch.rand(3, 4, 5, generator=gen, dtype=F64)
+    mask = torch.rand(3, 4, 5, generator=gen) > 0.3
+    mask[..., 0] = True
+    rewards = torch.randn(3, 4, generator=gen, dtype=F64)
+    half, whole = RRHFLoss(sft_weight=0.5)(logps, mask, rewards), RRHFLoss()(logps, mask, rewards)
+    torch.testing.assert_close(half.rank_loss, whole.rank_loss)
+    torch.testing.assert_close(half.sft_loss, whole.sft_loss)
+    # The losses differ by exactly half the SFT term; the hand-worked case: 4 + 0.45 * 6.
+    torch.testing.assert_close(whole.loss - half.loss, 0.5 * whole.sft_loss)
+    hand = t([[[-1.0, -1.0], [-2.0, -4.0], [-1.0, -3.0]]]), torch.ones(1, 3, 2), t([[0, 2, 1.0]])
+    torch.testing.assert_close(RRHFLoss(sft_weight=0.45)(*hand).loss, t(4.0 + 0.45 * 6.0))
+
+
+def test_a_separate_sft_target_replaces_the_best_candidate():
+    # The hand-worked candidates (rank 4, best S = -6) and a better response of two tokens
+    # (-0.5, -0.25) as SFT target: the rank term is unchanged, sft = 0.75.
+    logps = t([[[-1.0, -1.0], [-2.0, -4.0], [-1.0, -3.0]]])
+    out = RRHFLoss(sft_weight=0.45)(
+        logps,
+        torch.ones(1, 3, 2),
+        t([[0.0, 2.0, 1.0]]),
+        sft_token_logps=t([[-0.5, -0.25, -9.0]]),
+        sft_token_mask=torch.tensor([[True, True, False]]),
+    )
+    torch.testing.assert_close(out.rank_loss, t(4.0))
+    torch.testing.assert_close(out.sft_loss, t(0.75))
+    torch.testing.assert_close(out.loss, t(4.0 + 0.45 * 0.75))
+
+
 def test_tied_maximum_uses_first_index_and_ties_never_pair():
     # Candidates 1 and 2 tie for best: SFT uses candidate 1; the tied pair costs nothing
     # even though candidate 2 scores far above candidate 1.
@@ -202,5 +233,7 @@ def test_hyperparameter_validation():
         RRHFLoss(rank_weight=-1.0)
     with pytest.raises(ValueError, match="length_penalty"):
         RRHFLoss(length_penalty=float("inf"))
+    with pytest.raises(ValueError, match="sft_weight"):
+        RRHFLoss(sft_weight=-0.1)
     assert "length_penalty=0.5" in repr(RRHFLoss(length_penalty=0.5))
     assert RRHFLoss.name == "rrhf" and not RRHFLoss.uses_reward_values

@@ -7,8 +7,10 @@ import torch
 
 from cyclealign.sampling import sample_candidates
 from cyclealign.targets import (
+    add_better_responses,
     append_top_candidate,
     better_response_completions,
+    better_response_sft_target,
     linear_rewards,
     prompt_outcome,
     rewards_from_result,
@@ -39,8 +41,15 @@ def test_failure_policies():
 def test_better_response_rules():
     blank = prompt_outcome(RankResult([0], better_response="  "), [0], **KW)
     assert blank.better_response is None and not blank.usable  # one candidate, nothing to rank
+    # One sampled candidate and a better response: a pair to rank only where the better
+    # response is ranked as a candidate; as the SFT target alone it has no pair.
     single = prompt_outcome(RankResult([0], better_response="ok"), [0], **KW)
-    assert single.usable and single.full_agreement and single.kendall_tau is None
+    assert single.better_response == "ok" and not single.usable
+    assert single.full_agreement and single.kendall_tau is None
+    ranked = prompt_outcome(
+        RankResult([0], better_response="ok"), [0], **KW, better_response_as="candidate"
+    )
+    assert ranked.better_response_ranked and ranked.usable
     off = prompt_outcome(
         RankResult([0], better_response="ok"), [0], **{**KW, "use_better_response": False}
     )
@@ -93,3 +102,23 @@ def test_better_responses_get_an_eos_and_others_copy_candidate_zero(tiny_tokeniz
         ["yes yes yes"], cands, tokenizer=tiny_tokenizer, eos_token_id=eos, max_completion_length=2
     )
     assert ids.shape[1] == 2 and eos not in ids[0].tolist()  # cut, so no EOS
+
+
+def test_better_responses_as_sft_target_or_as_candidate():
+    # Three prompts: a better response and a target; a better response but no target (its
+    # ranking failed); no better response (a copy of candidate 0 stands in for it).
+    better_logps = torch.tensor([[-0.5, -0.25, 0.0], [-1.0, -1.0, -1.0], [-2.0, 0.0, 0.0]])
+    better_mask = torch.tensor([[True, True, False], [True, True, True], [True, False, False]])
+    present = torch.tensor([True, True, False])
+    target_mask = torch.tensor([[True, True], [False, False], [True, True]])
+    sft = better_response_sft_target((better_logps, better_mask, present), target_mask)
+    assert sft["sft_token_logps"] is better_logps
+    assert sft["sft_token_mask"].tolist() == [[True, True, False], [False] * 3, [False] * 3]
+    # As a candidate: one more column, ranked above all, real where the SFT target would be.
+    logps, mask = torch.zeros(3, 2, 2), torch.ones(3, 2, 2, dtype=torch.bool)
+    rewards = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
+    logps, mask, rewards, target = add_better_responses(
+        (better_logps, better_mask, present), logps, mask, rewards, target_mask
+    )
+    assert logps.shape == (3, 3, 3) and mask[0, 2].tolist() == [True, True, False]
+    assert target[:, 2].tolist() == [True, False, False] and rewards[0, 2] == 2.0

@@ -597,10 +597,31 @@ class BetterResponseRanker(CountRanker):
         return [RankResult(r.ranking, better_response=self.better) for r in super().rank(requests)]
 
 
-def test_better_response_joins_as_top_candidate_and_is_learned(tmp_path):
+def record_loss_calls(trainer):
+    """Every call of the trainer's ranking loss: (positional inputs, keyword inputs, output)."""
+    calls = []
+    forward = trainer.loss_fn.forward
+
+    def recording(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        calls.append((args, kwargs, out))
+        return out
+
+    trainer.loss_fn.forward = recording
+    return calls
+
+
+@pytest.mark.parametrize("mode", ["sft_target", "candidate"])
+def test_better_response_is_learned(tmp_path, mode):
     better = "Paris is the capital of France."
     tokenizer = build_tiny_tokenizer()
-    trainer = make_trainer(tmp_path, BetterResponseRanker(better), tokenizer=tokenizer, max_steps=3)
+    trainer = make_trainer(
+        tmp_path,
+        BetterResponseRanker(better),
+        tokenizer=tokenizer,
+        max_steps=3,
+        better_response_as=mode,
+    )
 
     def better_logp():
         batch = trainer.data_collator([{"prompt": p} for p in PROMPTS[:2]])
@@ -620,6 +641,117 @@ def test_better_response_joins_as_top_candidate_and_is_learned(tmp_path):
     trainer.train()
     assert logged(trainer, "ranker/better_responses") == [4, 4, 4]  # 2 prompts x 2 rounds
     assert better_logp() > before + 5
+
+
+def test_better_response_is_the_sft_target_and_not_ranked_by_default(tmp_path):
+    better = "Paris is the capital of France."
+    trainer = make_trainer(
+        tmp_path, BetterResponseRanker(better), max_steps=1, max_rounds=1, max_completion_length=32
+    )
+    assert trainer.args.better_response_as == "sft_target"
+    calls = record_loss_calls(trainer)
+    trainer.train()
+    ((args, kwargs, out),) = calls
+    logps, _, rewards, candidate_mask = args
+    # The ranking term sees the 4 sampled candidates only (no fifth column) ...
+    assert logps.shape[1] == rewards.shape[1] == 4
+    assert candidate_mask.any(dim=1).all()
+    # ... the SFT term the better response: its tokens and an EOS, on every prompt.
+    tokenizer = trainer.processing_class
+    ids = tokenizer(better, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert kwargs["sft_token_mask"].sum(-1).tolist() == [len(ids)] * 2
+    sft = -(kwargs["sft_token_logps"] * kwargs["sft_token_mask"]).sum(-1).mean()
+    torch.testing.assert_close(out.sft_loss, sft.to(out.sft_loss.dtype))
+    # PRO's SFT weight counts the k = 4 sampled candidates (all distinct here): 0.05 * 3^2.
+    assert candidate_mask.sum(-1).tolist() == [4, 4]
+    torch.testing.assert_close(out.sft_coefficient, torch.tensor([0.45, 0.45]))
+
+
+def test_better_response_as_candidate_keeps_the_top_candidate(tmp_path):
+    trainer = make_trainer(
+        tmp_path,
+        BetterResponseRanker("Paris."),
+        max_steps=1,
+        max_rounds=1,
+        better_response_as="candidate",
+    )
+    calls = record_loss_calls(trainer)
+    trainer.train()
+    ((args, kwargs, out),) = calls
+    logps, _, rewards, candidate_mask = args
+    assert kwargs == {} and logps.shape[1] == 5  # a fifth candidate column ...
+    assert candidate_mask[:, 4].all()
+    top = rewards[:, 4]
+    assert bool((top[:, None] > torch.where(candidate_mask[:, :4], rewards[:, :4], -1e9)).all())
+    # ... ranked above all, and counted by PRO's SFT weight: 0.05 * (real candidates - 1)^2.
+    real = candidate_mask.sum(-1).to(out.sft_coefficient.dtype)
+    torch.testing.assert_close(out.sft_coefficient, 0.05 * (real - 1) ** 2)
+
+
+class BetterResponseCaller(CountRanker):
+    """Stands in for a ranker whose own switch says whether it asks for better responses."""
+
+    def __init__(self, request_better_response):
+        super().__init__("e")
+        self.request_better_response = request_better_response
+
+
+@pytest.mark.parametrize(
+    ("ranker", "use", "warning"),
+    [
+        (BetterResponseCaller(None), True, None),
+        (BetterResponseCaller(False), True, "request_better_response=False"),
+        (BetterResponseCaller(None), False, None),
+        (CountRanker(), True, None),  # unknown: it may write one
+    ],
+)
+def test_rankers_follow_use_better_response_or_say_why_not(tmp_path, caplog, ranker, use, warning):
+    with caplog.at_level(logging.WARNING, logger="cyclealign.trainer.cycle"):
+        make_trainer(tmp_path, ranker, use_better_response=use)
+    if isinstance(ranker, BetterResponseCaller) and ranker.request_better_response is not False:
+        assert ranker.request_better_response is (True if use else None)
+    if warning:
+        assert caplog.text.count(warning) == 1
+    else:
+        assert "better response" not in caplog.text
+
+
+def test_rankers_that_write_no_text_get_one_warning(tmp_path, caplog):
+    from cyclealign.rankers import FunctionRanker
+
+    ranker = FunctionRanker(lambda prompts, completions: [len(c) for c in completions])
+    with caplog.at_level(logging.WARNING, logger="cyclealign.trainer.cycle"):
+        make_trainer(tmp_path, ranker)
+    assert caplog.text.count("FunctionRanker writes no text") == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cyclealign.trainer.cycle"):
+        make_trainer(tmp_path, ranker, use_better_response=False)
+    assert "writes no text" not in caplog.text
+
+
+class ShiftingRanker(BlackBoxRanker):
+    """Ranks by how often "e" occurs, then the reverse, round after round: the rounds differ."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def rank(self, requests):
+        self.calls += 1
+        sign = 1 if self.calls % 2 else -1
+        return [RankResult(by_count("e", sign)(r.responses)) for r in requests]
+
+
+def test_logged_loss_is_the_mean_of_the_rounds_that_updated(tmp_path):
+    trainer = make_trainer(
+        tmp_path, ShiftingRanker(), max_steps=2, max_rounds=3, stop_on_full_agreement=False
+    )
+    calls = record_loss_calls(trainer)
+    trainer.train()
+    losses = [float(out.loss) for *_, out in calls]
+    assert len(losses) == 6 and len(set(losses)) == 6  # the rounds differ
+    expected = [sum(losses[:3]) / 3, sum(losses[3:]) / 3]
+    assert logged(trainer, "loss") == pytest.approx(expected, rel=1e-6)
+    assert logged(trainer, "loss") != pytest.approx([losses[2], losses[5]], rel=1e-6)
 
 
 def test_use_better_response_false_ignores_it(tmp_path):

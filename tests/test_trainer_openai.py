@@ -280,3 +280,31 @@ def test_the_black_box_is_shown_the_truncated_conversation(tmp_path, tiny_tokeni
     (row,) = [r for r in rows if r["prompt"] == huge]
     assert row["ranker_prompt"].startswith("[...]") and row["ranker_prompt"].endswith(question)
     assert row["ranker_prompt"] in task
+
+
+def test_a_default_openai_ranker_asks_for_the_better_response_the_trainer_uses(
+    tmp_path, tiny_tokenizer
+):
+    from cyclealign.rankers.prompt import BETTER_MARKER, RankingTemplate
+
+    ranked = rank_by(len)
+
+    def with_better(body, number):
+        reply = ranked(body, number)
+        reply.content += f"\n{BETTER_MARKER}\nParis is the capital of France."
+        return reply
+
+    asks = RankingTemplate().better_response_instruction
+    with ChatServer(with_better) as server:
+        ranker = OpenAIRanker("judge", base_url=server.base_url)
+        assert ranker.request_better_response is None  # the default: follow the trainer
+        trainer = make_trainer(tmp_path, tiny_tokenizer, ranker)  # use_better_response=True
+        trainer.train()
+        tasks = [r.body["messages"][-1]["content"] for r in server.requests]
+    assert len(tasks) == len(PROMPTS) and all(task.endswith(asks) for task in tasks)
+    assert trainer.state.log_history[0]["ranker/better_responses"] == len(PROMPTS)
+    # Turned off in the trainer, the same default asks for none.
+    with ChatServer(with_better) as server:
+        ranker = OpenAIRanker("judge", base_url=server.base_url)
+        make_trainer(tmp_path / "off", tiny_tokenizer, ranker, use_better_response=False).train()
+        assert not any(asks in r.body["messages"][-1]["content"] for r in server.requests)

@@ -18,6 +18,7 @@ _CHOICES = {
     "reward_from_ranking": ("linear", "scores"),
     "demonstration_selection": ("recent", "similar"),
     "invalid_rows": ("drop", "error"),
+    "better_response_as": ("sft_target", "candidate"),
 }
 
 
@@ -134,8 +135,18 @@ class CycleAlignConfig(TrainingArguments):
             End the step after the first round in which the black-box and white-box rankings of
             every prompt (on every process) agree fully. That round still updates the weights.
         use_better_response (`bool`, *optional*, defaults to `True`):
-            When the ranker returns an improved response (`RankResult.better_response`), add it
-            as a candidate ranked above all others, as in the paper.
+            Train on the improved response the ranker returns (`RankResult.better_response`),
+            as in the paper. An `OpenAIRanker` built with `request_better_response=None` (its
+            default) then asks for one.
+        better_response_as (`str`, *optional*, defaults to `"sft_target"`):
+            How it is used: `"sft_target"` (the paper's "better response for supervised
+            fine-tuning": the loss's SFT term trains on it instead of the best sampled
+            response, and it takes no part in the ranking term) or `"candidate"` (it also
+            joins the ranking as an extra candidate above all sampled ones, so PRO's SFT weight
+            counts it as a fifth candidate). With `"sft_target"`, PRO's SFT weight
+            `sft_weight * (k - 1) ** 2` counts the prompt's sampled candidates only: `k = 4`
+            (0.45 at `sft_weight=0.05`) for 4 distinct samples, fewer where identical samples
+            were collapsed into one candidate.
         ranker_failure_policy (`str`, *optional*, defaults to `"skip"`):
             What a prompt whose ranking failed trains on: `"skip"` (nothing) or `"whitebox"` (the
             white-box model's own ranking as target). Outages (timeouts, 5xx, 429, refused
@@ -374,8 +385,14 @@ class CycleAlignConfig(TrainingArguments):
     )
     use_better_response: bool = field(
         default=True,
+        metadata={"help": "Train on the ranker's improved response when it gives one."},
+    )
+    better_response_as: str = field(
+        default="sft_target",
         metadata={
-            "help": "Add the ranker's improved response as the top candidate when it gives one."
+            "help": "'sft_target' (the SFT term trains on it, as in the paper) or 'candidate' "
+            "(it also joins the ranking as the top candidate).",
+            "choices": list(_CHOICES["better_response_as"]),
         },
     )
     ranker_failure_policy: str = field(

@@ -1,5 +1,5 @@
 """From rankings to training targets: one prompt's agreement and rewards, and the black box's
-better response as an extra top candidate.
+better response, as the SFT target (the paper's use) or as an extra top candidate.
 
 Pure Python on rankings except for the better-response path (token ids and one extra
 forward pass), so the rules (failure policy, reward mode, better responses, what counts as
@@ -25,6 +25,8 @@ __all__ = [
     "add_better_responses",
     "append_top_candidate",
     "better_response_completions",
+    "better_response_logps",
+    "better_response_sft_target",
     "finished_response_ids",
     "linear_rewards",
     "prompt_outcome",
@@ -43,6 +45,8 @@ class PromptOutcome:
         kendall_tau: rank correlation of the two rankings (``None`` below two candidates).
         rewards: training target by candidate (``None``: the prompt trains on nothing).
         better_response: the black box's improved response, when it is used.
+        better_response_ranked: it joins the ranking as a candidate
+            (``better_response_as="candidate"``), rather than being the SFT target only.
     """
 
     ranked: bool
@@ -51,6 +55,7 @@ class PromptOutcome:
     kendall_tau: float | None = None
     rewards: list[float] | None = None
     better_response: str | None = None
+    better_response_ranked: bool = False
 
     @property
     def full_agreement(self) -> bool:
@@ -58,8 +63,9 @@ class PromptOutcome:
 
     @property
     def usable(self) -> bool:
-        """Has a target over at least two candidates (a ranking loss needs a pair)."""
-        extra = 1 if self.better_response else 0
+        """Has a target over at least two candidates (a ranking loss needs a pair); a better
+        response counts only where it is ranked as a candidate."""
+        extra = 1 if self.better_response and self.better_response_ranked else 0
         return self.rewards is not None and len(self.rewards) + extra >= 2
 
 
@@ -70,11 +76,13 @@ def prompt_outcome(
     failure_policy: str,
     reward_mode: str,
     use_better_response: bool,
+    better_response_as: str = "sft_target",
 ) -> PromptOutcome:
     """Agreement and target of one prompt.
 
     A failed ranking trains on nothing (``failure_policy="skip"``) or on the white-box
-    ranking (``"whitebox"``). A better response is only taken from a successful answer.
+    ranking (``"whitebox"``). A better response is only taken from a successful answer, as
+    the SFT target or (``better_response_as="candidate"``) as a ranked candidate too.
     """
     whitebox = [int(i) for i in whitebox_ranking]
     if not result.ok:
@@ -88,6 +96,7 @@ def prompt_outcome(
         kendall_tau=kendall_tau(result.ranking, whitebox) if len(whitebox) >= 2 else None,
         rewards=rewards_from_result(result, reward_mode),
         better_response=better if better and better.strip() else None,
+        better_response_ranked=better_response_as == "candidate",
     )
 
 
@@ -119,23 +128,19 @@ def append_top_candidate(
     )
 
 
-def add_better_responses(
+def better_response_logps(
     model: Any,
     candidates: Candidates,
     outcomes: Sequence[PromptOutcome],
-    logps: torch.Tensor,
-    token_mask: torch.Tensor,
-    rewards: torch.Tensor,
-    target_mask: torch.Tensor,
     *,
     tokenizer: Any,
     eos_token_id: int,
     max_completion_length: int,
     logits_to_keep: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The round's log-probs, masks and rewards with each prompt's better response added as a
-    candidate ranked above all others (a copy of candidate 0, masked out, where a prompt has
-    none). Runs one forward pass of ``B`` rows: every process must call it, or none."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token log-probs ``[B, L']``, their mask and presence ``[B]`` of each prompt's better
+    response (a copy of candidate 0 where a prompt has none). Runs one forward pass of ``B``
+    rows: every process must call it, or none."""
     ids, comp_mask, present = better_response_completions(
         [o.better_response for o in outcomes],
         candidates,
@@ -143,7 +148,7 @@ def add_better_responses(
         eos_token_id=eos_token_id,
         max_completion_length=max_completion_length,
     )
-    better_logps, better_mask = completion_token_logps(
+    logps, mask = completion_token_logps(
         model,
         candidates.prompt_ids,
         candidates.prompt_mask,
@@ -151,6 +156,31 @@ def add_better_responses(
         comp_mask,
         logits_to_keep=logits_to_keep,
     )
+    return logps, mask, present
+
+
+def better_response_sft_target(
+    better: tuple[torch.Tensor, torch.Tensor, torch.Tensor], target_mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The ranking loss's ``sft_token_logps`` / ``sft_token_mask`` from
+    :func:`better_response_logps`: real only where a prompt has a better response and a
+    target at all."""
+    logps, mask, present = better
+    keep = present & target_mask.any(dim=1)
+    return {"sft_token_logps": logps, "sft_token_mask": mask & keep[:, None]}
+
+
+def add_better_responses(
+    better: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    logps: torch.Tensor,
+    token_mask: torch.Tensor,
+    rewards: torch.Tensor,
+    target_mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The round's log-probs, masks and rewards with each prompt's better response (from
+    :func:`better_response_logps`) added as a candidate ranked above all others
+    (``better_response_as="candidate"``; masked out where a prompt has none)."""
+    better_logps, better_mask, present = better
     width = max(logps.shape[-1], better_logps.shape[-1])
     logps = torch.cat([pad_last_dim(logps, width), pad_last_dim(better_logps, width)[:, None]], 1)
     token_mask = torch.cat(

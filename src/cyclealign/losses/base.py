@@ -64,11 +64,19 @@ class RankingBatch:
     scores: torch.Tensor  # [B, C]  candidate_scores(S, n), finite everywhere
     order: torch.Tensor  # [B, C]  candidate indices by reward, best first, real ones first
     num_real: torch.Tensor  # [B] number of real candidates
+    sft_sum_logps: torch.Tensor  # [B] S of the separate SFT target (0 where there is none)
+    sft_present: torch.Tensor  # [B] bool, prompts with a separate SFT target
     contributing: torch.Tensor  # [B] bool, prompts with at least two real candidates
 
     def sorted(self, values: torch.Tensor) -> torch.Tensor:
         """``values[b, order[b]]``: a ``[B, C]`` tensor reordered best-first."""
         return values.gather(1, self.order)
+
+    def sft_target_logps(self) -> torch.Tensor:
+        """``[B]`` summed log-prob of what the SFT term trains on: the separate SFT target
+        where a prompt has one, its best candidate otherwise."""
+        best = self.sum_logps.gather(1, self.order[:, :1]).squeeze(-1)
+        return torch.where(self.sft_present, self.sft_sum_logps, best)
 
 
 @dataclass
@@ -94,6 +102,10 @@ class RankingLoss(nn.Module):
     * ``candidate_mask``: optional bool ``[B, C]``, true on real candidates. A prompt with
       fewer than two real candidates contributes nothing; if no prompt contributes the loss
       is a zero that still backpropagates (to zero gradients).
+    * ``sft_token_logps``, ``sft_token_mask``: optional ``[B, T']``, a separate SFT target per
+      prompt (the black box's better response, as in the paper): where a prompt's mask has a
+      true entry, the SFT term trains on it instead of the best candidate, and it takes no
+      part in the ranking term (nor in the count of candidates).
 
     Losses are computed in float32 at least (float64 input stays float64). Capability flags
     are class attributes: ``name`` and ``uses_reward_values`` (False when only the order of the
@@ -122,8 +134,12 @@ class RankingLoss(nn.Module):
         token_mask: torch.Tensor,
         rewards: torch.Tensor,
         candidate_mask: torch.Tensor | None = None,
+        *,
+        sft_token_logps: torch.Tensor | None = None,
+        sft_token_mask: torch.Tensor | None = None,
     ) -> RankingLossOutput:
         batch = self._prepare(token_logps, token_mask, rewards, candidate_mask)
+        batch = self._with_sft_target(batch, sft_token_logps, sft_token_mask)
         parts = self.prompt_losses(batch)
         contributing = batch.contributing
         count = contributing.sum().clamp(min=1).to(batch.scores.dtype)
@@ -171,6 +187,33 @@ class RankingLoss(nn.Module):
         return self._public_scores(batch)
 
     # -- shared machinery ------------------------------------------------------------------
+
+    def _with_sft_target(
+        self,
+        batch: RankingBatch,
+        sft_token_logps: torch.Tensor | None,
+        sft_token_mask: torch.Tensor | None,
+    ) -> RankingBatch:
+        who = type(self).__name__
+        bsz = batch.scores.shape[0]
+        if (sft_token_logps is None) != (sft_token_mask is None):
+            raise ValueError(f"{who}: pass sft_token_logps and sft_token_mask together.")
+        if sft_token_logps is None:
+            return batch
+        if not isinstance(sft_token_logps, torch.Tensor) or sft_token_logps.dim() != 2:
+            raise ValueError(
+                f"{who}: sft_token_logps must have shape [B, T] (prompts, tokens), got "
+                f"{describe(sft_token_logps)}."
+            )
+        check_shape(
+            who, "sft_token_logps", sft_token_logps, [bsz, sft_token_logps.shape[1]], "[B, T]"
+        )
+        check_shape(who, "sft_token_mask", sft_token_mask, list(sft_token_logps.shape), "[B, T]")
+        mask = sft_token_mask.to(device=sft_token_logps.device) != 0
+        logps = torch.where(mask, sft_token_logps.to(batch.scores.dtype), 0)
+        batch.sft_sum_logps = logps.sum(-1)
+        batch.sft_present = mask.any(-1)
+        return batch
 
     def _public_scores(self, batch: RankingBatch) -> torch.Tensor:
         return torch.where(batch.candidate_mask, batch.scores, float("-inf"))
@@ -238,5 +281,7 @@ class RankingLoss(nn.Module):
             scores=scores,
             order=order,
             num_real=num_real,
+            sft_sum_logps=torch.zeros(bsz, dtype=dtype, device=token_logps.device),
+            sft_present=torch.zeros(bsz, dtype=torch.bool, device=token_logps.device),
             contributing=num_real >= 2,
         )

@@ -29,7 +29,8 @@ class PROLoss(RankingLoss):
         tau_kj = r_k - r_j  (j > k),    tau_k = max_j tau_kj
         stage_k = log(eps + exp(s_k tau_k) + sum_j exp(s_j tau_kj)) - s_k tau_k
 
-    Per prompt with ``C`` real candidates: ``rank = sum_k stage_k``, ``sft = -S_best`` and
+    Per prompt with ``C`` real candidates: ``rank = sum_k stage_k``, ``sft = -S_best`` (or
+    ``-S`` of the separate SFT target, when one is given: it is no candidate) and
     ``sft_coefficient = sft_weight * (C - 1) ** 2``. The loss is
     ``mean_b(rank_b) + mean_b(sft_coefficient_b * sft_b)``.
 
@@ -85,7 +86,7 @@ class PROLoss(RankingLoss):
             stage = torch.where(has_stage, torch.logsumexp(terms, dim=-1) - x_pos, 0)
             rank = rank + stage
             stage_losses.append(torch.where(contributing, stage, 0).sum() / count)
-        sft = -batch.sorted(batch.sum_logps)[:, 0]
+        sft = -batch.sft_target_logps()
         coefficient = self.sft_weight * (batch.num_real.to(s.dtype) - 1).clamp(min=0) ** 2
         coefficient = torch.where(contributing, coefficient, 0)
         stages = torch.stack(stage_losses) if stage_losses else s.new_zeros(0)

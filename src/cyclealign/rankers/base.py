@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from ..demonstrations import CHARS_PER_TOKEN
 from ..prompts import dialogue_text
@@ -44,6 +44,11 @@ class BlackBoxRanker:
     #: is ranked), ``None`` otherwise. :class:`~cyclealign.rankers.FunctionRanker` passes it to
     #: reward functions as ``trainer_state``, as TRL does.
     trainer_state: Any = None
+
+    #: Whether its results can carry a ``better_response`` (written text): ``False`` for
+    #: rankers that only score or choose (the trainer then warns once that
+    #: ``use_better_response`` has nothing to use); ``None``: unknown.
+    writes_better_responses: ClassVar[bool | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -67,6 +67,8 @@ class RewardModelRanker(BlackBoxRanker):
     :class:`FunctionRanker` instead). Scoring runs under ``no_grad`` in eval mode.
     """
 
+    writes_better_responses = False
+
     def __init__(
         self,
         model: Any,
@@ -160,6 +162,8 @@ class LocalChatRanker(BlackBoxRanker):
         max_permutations_n: largest ``n`` scored exhaustively (``n!`` answers).
         batch_size: answers scored per forward pass.
     """
+
+    writes_better_responses = False
 
     def __init__(
         self,

@@ -85,6 +85,8 @@ class OpenAIRanker(BlackBoxRanker):
             cache file with the same scope share one budget; a new scope starts from zero.
         template: the :class:`~cyclealign.rankers.prompt.RankingTemplate`.
         request_better_response: also ask for an improved response (``better_response``).
+            ``None`` (default): as the trainer's ``use_better_response`` says (the trainer
+            sets it); outside a trainer, ``None`` asks for none.
         structured_output: ask for JSON with ``response_format`` (a JSON schema).
         max_tokens: completion length limit sent to the server (``None``: not sent; OpenAI's
             reasoning models want ``extra_body={"max_completion_tokens": ...}`` instead).
@@ -113,7 +115,7 @@ class OpenAIRanker(BlackBoxRanker):
         budget_requests: int | None = None,
         budget_tokens: int | None = None,
         template: RankingTemplate | None = None,
-        request_better_response: bool = False,
+        request_better_response: bool | None = None,
         structured_output: bool = False,
         max_tokens: int | None = 1024,
         prices: dict[str, float] | None = None,

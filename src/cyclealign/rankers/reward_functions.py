@@ -96,6 +96,8 @@ class FunctionRanker(BlackBoxRanker):
             split across calls. ``None``: one call for all the requests ranked together.
     """
 
+    writes_better_responses = False
+
     stops_on_error = True
 
     def __init__(

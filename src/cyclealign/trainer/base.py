@@ -8,7 +8,8 @@ candidates and their rewards come from; the loss path is this one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -25,7 +26,48 @@ from . import fsdp
 from .model_card import TAGS, write_model_card
 from .stats import CycleMetrics
 
-__all__ = ["RankingTrainerBase"]
+__all__ = ["RankingTrainerBase", "check_deepspeed_schedule"]
+
+logger = logging.getLogger(__name__)
+
+
+def check_deepspeed_schedule(config: Mapping[str, Any]) -> None:
+    """Refuse a DeepSpeed config with its own ``scheduler`` or ``optimizer`` section.
+
+    The engine steps the learning-rate schedule it owns (its own, or the Trainer's when it
+    builds the optimizer) on every engine step, and the cycle steps the engine once per
+    round: with ``max_rounds > 1`` the schedule would run up to ``max_rounds`` times too fast
+    (it reached 0 after one step on CPU). Without these sections the Trainer owns both and
+    steps the schedule once per training step, as without DeepSpeed.
+    """
+    sections = [name for name in ("scheduler", "optimizer") if name in config]
+    if sections:
+        raise ValueError(
+            f"The DeepSpeed config has its own {' and '.join(repr(x) for x in sections)} "
+            f"section{'s' if len(sections) > 1 else ''}: DeepSpeed would then step the "
+            "learning-rate schedule on every round of the cycle (max_rounds times per training "
+            f"step) instead of once per step. Remove the {' and '.join(sections)} "
+            f"section{'s' if len(sections) > 1 else ''} from the DeepSpeed JSON and set the "
+            "optimizer and schedule with the Trainer's arguments (learning_rate, "
+            "lr_scheduler_type, warmup_steps, weight_decay, optim), or use max_rounds=1."
+        )
+
+
+def warn_if_weights_cannot_learn(model: torch.nn.Module, deepspeed: bool) -> None:
+    """Warn when the trained weights are half precision and the optimizer updates them in
+    place: updates below half of a weight's ulp (bf16: ~0.4 % of it) round away."""
+    dtypes = {p.dtype for p in model.parameters() if p.requires_grad}
+    half = sorted(str(d).replace("torch.", "") for d in dtypes & {torch.bfloat16, torch.float16})
+    if half and not deepspeed:
+        logger.warning(
+            "The trained weights are %s, and the optimizer updates them in place: an update "
+            "smaller than the weight's precision (about 0.4%% of a weight in bfloat16) is "
+            "rounded away, so at small learning rates (the paper's 5e-7) almost nothing is "
+            'learned. Load fp32 weights (drop "dtype" from model_init_kwargs) and set '
+            "bf16=True, which computes in bfloat16 with fp32 master weights; or train under "
+            "DeepSpeed with bf16 (it keeps fp32 master weights).",
+            " and ".join(half),
+        )
 
 
 class RankingTrainerBase(Trainer):
@@ -99,6 +141,7 @@ class RankingTrainerBase(Trainer):
         )
         self.eos_token_ids = eos_ids
         self._logits_to_keep = accepts_logits_to_keep(self.model)
+        warn_if_weights_cannot_learn(self.model, self.is_deepspeed_enabled)
         #: The training data's name in the model card (a hub id, or a local folder).
         self.dataset_name: str | None = None
         if hasattr(self.model, "add_model_tags"):

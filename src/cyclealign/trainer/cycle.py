@@ -28,10 +28,17 @@ from ..rankers.base import BlackBoxRanker
 from ..rankers.pending import PendingRanking
 from ..rankers.prompt import drop_static_demonstration
 from ..sampling import Candidates, checkpointing_paused, sample_candidates, sampling_config
-from ..targets import PromptOutcome, add_better_responses, prompt_outcome, target_tensors
+from ..targets import (
+    PromptOutcome,
+    add_better_responses,
+    better_response_logps,
+    better_response_sft_target,
+    prompt_outcome,
+    target_tensors,
+)
 from ..types import RankRequest, RankResult
 from ..vllm_sampling import VLLMSampler
-from .base import RankingTrainerBase
+from .base import RankingTrainerBase, check_deepspeed_schedule
 from .checkpoint import restore_cycle_state, save_cycle_state
 from .completions import log_completion_table
 from .failures import FailureWatch
@@ -131,6 +138,9 @@ class CycleAlignTrainer(RankingTrainerBase):
         )
         if not self.args.use_static_demonstration:
             drop_static_demonstration(ranker)
+        if self.is_deepspeed_enabled and self.args.max_rounds > 1:
+            check_deepspeed_schedule(self.accelerator.state.deepspeed_plugin.deepspeed_config)
+        self._check_better_response_source()
         if self.args.reward_from_ranking == "scores" and not self.loss_fn.uses_reward_values:
             logger.warning(
                 "reward_from_ranking='scores' with ranking_loss=%r: this loss uses only the order "
@@ -150,6 +160,32 @@ class CycleAlignTrainer(RankingTrainerBase):
                 self.model, self.accelerator, self.processing_class, self.args, self.eos_token_ids
             )
 
+    def _check_better_response_source(self) -> None:
+        """Make the ranker ask for the better responses the trainer uses, or say why none
+        will come (once, at start)."""
+        if not self.args.use_better_response:
+            return
+        ranker, name = self.ranker, type(self.ranker).__name__
+        asks = getattr(ranker, "request_better_response", "n/a")
+        if asks is None:  # OpenAIRanker's default: follow the trainer
+            ranker.request_better_response = True
+        elif asks is False:
+            logger.warning(
+                "use_better_response=True, but this %s was built with "
+                "request_better_response=False: it never asks for a better response, so the "
+                "SFT term trains on the best sampled response. Leave request_better_response "
+                "unset (it follows the trainer) or set use_better_response=False.",
+                name,
+            )
+        elif getattr(ranker, "writes_better_responses", None) is False:
+            logger.warning(
+                "use_better_response=True, but %s writes no text, so it never returns a "
+                "better response: the SFT term trains on the best sampled response. Set "
+                "use_better_response=False to say so, or rank with a model that writes "
+                "(OpenAIRanker).",
+                name,
+            )
+
     def _set_signature_columns_if_needed(self) -> None:
         # With remove_unused_columns=True only the raw prompt is kept (the collator tokenizes
         # it), as in TRL; the default (False) keeps every column for the ranker.
@@ -162,7 +198,8 @@ class CycleAlignTrainer(RankingTrainerBase):
         self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None
     ) -> torch.Tensor:
         """Up to ``max_rounds`` rounds on one batch; every round with a usable ranking
-        updates the weights, the last round's update is left to the Trainer."""
+        updates the weights, the last round's update is left to the Trainer. Returns the mean
+        loss of the rounds that updated."""
         model.train()
         inputs = self._prepare_inputs(inputs)
         if not self.is_deepspeed_enabled:
@@ -171,25 +208,28 @@ class CycleAlignTrainer(RankingTrainerBase):
             self.optimizer.zero_grad(set_to_none=True)
         step_stats = RoundStats()
         self._completion_rows = []
-        rounds = updates = 0
+        rounds = 0
+        losses = []  # of the rounds that updated the weights
         for round_index in range(self.args.max_rounds):
             out = self._run_round(model, inputs, round_index, training=True)
             step_stats.add(out.stats)
             rounds += 1
-            updates += out.updated
-            if out.updated and self.vllm is not None:
-                self.vllm.mark_stale()  # the next round samples from the new weights
+            if out.updated:
+                losses.append(out.loss)
+                if self.vllm is not None:
+                    self.vllm.mark_stale()  # the next round samples from the new weights
             if out.last:
                 break
-        self._metrics.add_step(step_stats, rounds, updates)
+        self._metrics.add_step(step_stats, rounds, len(losses))
         self._metrics.add("demos/pool_size", len(self.pool))
         phases = ("generate", "forward", "rank_wait", "backward")
         self._metrics.add_times(phases + (("weight_sync",) if self.vllm else ()))
-        if self.failures.end_step(self.state.global_step + 1, step_stats, updates):
+        if self.failures.end_step(self.state.global_step + 1, step_stats, len(losses)):
             # Saved and stopped by the Trainer once this step is counted; train() raises.
             self.control.should_save = self.control.should_log = True
             self.control.should_training_stop = True
-        return out.loss
+        # What the Trainer logs as `loss`: the mean over the step's updates (0 without any).
+        return torch.stack(losses).mean() if losses else out.loss
 
     # -- one round -----------------------------------------------------------------------------
 
@@ -306,6 +346,7 @@ class CycleAlignTrainer(RankingTrainerBase):
                 failure_policy=args.ranker_failure_policy if training else "skip",
                 reward_mode=args.reward_from_ranking,
                 use_better_response=args.use_better_response and training,
+                better_response_as=args.better_response_as,
             )
             for result, whitebox in zip(results, scored.rankings)
         ]
@@ -355,25 +396,28 @@ class CycleAlignTrainer(RankingTrainerBase):
         logps, token_mask = scored.logps, scored.token_mask
         num_candidates = candidates.completion_ids.shape[1]
         rewards, target_mask = target_tensors(outcomes, num_candidates, logps.device)
+        sft: dict[str, torch.Tensor] = {}  # the better responses as SFT target
         if reduce_sum(self.accelerator, [stats.better])[0] > 0:
             # Some process has a better response: all run the same extra forward.
             with self._metrics.timed("forward"):
-                logps, token_mask, rewards, target_mask = add_better_responses(
+                better = better_response_logps(
                     model,
                     candidates,
                     outcomes,
-                    logps,
-                    token_mask,
-                    rewards,
-                    target_mask,
                     tokenizer=self.processing_class,
                     eos_token_id=self.eos_token_ids[0],
                     max_completion_length=self.args.max_completion_length,
                     logits_to_keep=self._logits_to_keep,
                 )
+            if self.args.better_response_as == "candidate":
+                logps, token_mask, rewards, target_mask = add_better_responses(
+                    better, logps, token_mask, rewards, target_mask
+                )
+            else:
+                sft.update(better_response_sft_target(better, target_mask))
         # Where no local prompt has a target, this is a zero that still has a graph, so DDP's
         # gradient all-reduce matches the processes that learn something.
-        out = self.loss_fn(logps, token_mask, rewards, target_mask)
+        out = self.loss_fn(logps, token_mask, rewards, target_mask, **sft)
         stats.add_loss(out, sum(o.usable for o in outcomes))
         total = stats.reduce(self.accelerator)
         last = round_index == self.args.max_rounds - 1 or (

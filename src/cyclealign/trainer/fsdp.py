@@ -119,7 +119,11 @@ def enable_fsdp_on_cpu(trainer: Any) -> bool:
         state.device = torch.device("cpu")
     trainer.is_fsdp_enabled = True
     # The Trainer's own FSDP checks ran before FSDP was on: the same two, now.
-    if plugin.activation_checkpointing and trainer.args.activation_checkpointing:
+    # transformers >= 5.24 names it activation_checkpointing; older ones gradient_checkpointing.
+    checkpointing = getattr(trainer.args, "activation_checkpointing", None)
+    if checkpointing is None:
+        checkpointing = trainer.args.gradient_checkpointing
+    if plugin.activation_checkpointing and checkpointing:
         raise ValueError(
             "fsdp_activation_checkpointing (FSDP's own) and activation_checkpointing (or its "
             "old name gradient_checkpointing) cannot both be on: use one of them."
