@@ -117,9 +117,9 @@ class CycleAlignConfig(TrainingArguments):
             which runs fp32 checkpoints in half precision), or `"float32"`, `"bfloat16"`,
             `"float16"`.
         vllm_enforce_eager (`bool`, *optional*, defaults to `False`):
-            Run the engine without compilation (vLLM's `enforce_eager`): it starts in about a
-            third of the time (20 s instead of 60-90 s for SmolLM2 on a CPU) and samples more
-            slowly.
+            Run the engine without compilation (vLLM's `enforce_eager`): it starts in seconds
+            instead of 45-90 s (SmolLM2 on a CPU, where every start compiles) and samples
+            8-15 % more slowly there.
         vllm_kv_cache_memory_bytes (`int` or `None`, *optional*):
             Bytes of KV cache (vLLM's `kv_cache_memory_bytes`). `None`: on GPUs what
             `vllm_gpu_memory_utilization` leaves, on CPUs 1 GiB (there vLLM's
