@@ -204,11 +204,11 @@ def test_gradient_accumulation_message_explains_why(tmp_path):
 
 def test_deepspeed_on_a_cpu_only_machine_is_detected(monkeypatch):
     # The integration (two DeepSpeed processes with no ddp_backend) is in test_multiprocess.py.
-    from cyclealign.config import _deepspeed_without_accelerator
+    from cyclealign.config_checks import deepspeed_without_accelerator
 
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
-    assert not _deepspeed_without_accelerator(None)
+    assert not deepspeed_without_accelerator(None)
     cpu_only = not torch.cuda.is_available()
-    assert _deepspeed_without_accelerator({"zero_optimization": {"stage": 2}}) == cpu_only
+    assert deepspeed_without_accelerator({"zero_optimization": {"stage": 2}}) == cpu_only
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    assert _deepspeed_without_accelerator(None) == cpu_only
+    assert deepspeed_without_accelerator(None) == cpu_only

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -688,47 +687,6 @@ def test_better_response_as_candidate_keeps_the_top_candidate(tmp_path):
     torch.testing.assert_close(out.sft_coefficient, 0.05 * (real - 1) ** 2)
 
 
-class BetterResponseCaller(CountRanker):
-    """Stands in for a ranker whose own switch says whether it asks for better responses."""
-
-    def __init__(self, request_better_response):
-        super().__init__("e")
-        self.request_better_response = request_better_response
-
-
-@pytest.mark.parametrize(
-    ("ranker", "use", "warning"),
-    [
-        (BetterResponseCaller(None), True, None),
-        (BetterResponseCaller(False), True, "request_better_response=False"),
-        (BetterResponseCaller(None), False, None),
-        (CountRanker(), True, None),  # unknown: it may write one
-    ],
-)
-def test_rankers_follow_use_better_response_or_say_why_not(tmp_path, caplog, ranker, use, warning):
-    with caplog.at_level(logging.WARNING, logger="cyclealign.trainer.cycle"):
-        make_trainer(tmp_path, ranker, use_better_response=use)
-    if isinstance(ranker, BetterResponseCaller) and ranker.request_better_response is not False:
-        assert ranker.request_better_response is (True if use else None)
-    if warning:
-        assert caplog.text.count(warning) == 1
-    else:
-        assert "better response" not in caplog.text
-
-
-def test_rankers_that_write_no_text_get_one_warning(tmp_path, caplog):
-    from cyclealign.rankers import FunctionRanker
-
-    ranker = FunctionRanker(lambda prompts, completions: [len(c) for c in completions])
-    with caplog.at_level(logging.WARNING, logger="cyclealign.trainer.cycle"):
-        make_trainer(tmp_path, ranker)
-    assert caplog.text.count("FunctionRanker writes no text") == 1
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="cyclealign.trainer.cycle"):
-        make_trainer(tmp_path, ranker, use_better_response=False)
-    assert "writes no text" not in caplog.text
-
-
 class ShiftingRanker(BlackBoxRanker):
     """Ranks by how often "e" occurs, then the reverse, round after round: the rounds differ."""
 
@@ -786,13 +744,6 @@ def test_completion_and_phase_metrics_are_logged_each_step(tmp_path):
         times = logged(trainer, f"time/{phase}")
         assert len(times) == 2 and all(t >= 0 for t in times), phase
     assert all(t > 0 for t in logged(trainer, "time/generate"))
-
-
-@pytest.mark.parametrize(("loss", "warns"), [("rrhf", True), ("pro", False)])
-def test_scores_with_a_loss_that_ignores_reward_values_warns(tmp_path, caplog, loss, warns):
-    with caplog.at_level(logging.WARNING, logger="cyclealign.trainer.cycle"):
-        make_trainer(tmp_path, CountRanker(), ranking_loss=loss, reward_from_ranking="scores")
-    assert ("uses only the order of the rewards" in caplog.text) is warns
 
 
 def test_trainer_refuses_gradient_accumulation_and_a_missing_ranker(tmp_path):

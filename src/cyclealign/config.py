@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from transformers import TrainingArguments
 
-__all__ = ["CycleAlignConfig"]
+from .config_checks import CHOICES, deepspeed_without_accelerator, parse_dict, validate_config
 
-_CHOICES = {
-    "vllm_mode": ("colocate",),
-    "vllm_dtype": ("auto", "float32", "bfloat16", "float16"),
-    "ranker_failure_policy": ("skip", "whitebox"),
-    "reward_from_ranking": ("linear", "scores"),
-    "demonstration_selection": ("recent", "similar"),
-    "invalid_rows": ("drop", "error"),
-    "better_response_as": ("sft_target", "candidate"),
-}
+__all__ = ["CycleAlignConfig"]
 
 
 @dataclass
@@ -298,7 +288,7 @@ class CycleAlignConfig(TrainingArguments):
         default="drop",
         metadata={
             "help": "Rows whose prompt cannot be trained on: 'drop' (and count them) or 'error'.",
-            "choices": list(_CHOICES["invalid_rows"]),
+            "choices": list(CHOICES["invalid_rows"]),
         },
     )
     num_generations: int = field(
@@ -348,7 +338,7 @@ class CycleAlignConfig(TrainingArguments):
         default="colocate",
         metadata={
             "help": "'colocate': one engine in each training process.",
-            "choices": list(_CHOICES["vllm_mode"]),
+            "choices": list(CHOICES["vllm_mode"]),
         },
     )
     vllm_gpu_memory_utilization: float = field(
@@ -364,7 +354,7 @@ class CycleAlignConfig(TrainingArguments):
         default="auto",
         metadata={
             "help": "Engine dtype; 'auto': the training model's.",
-            "choices": list(_CHOICES["vllm_dtype"]),
+            "choices": list(CHOICES["vllm_dtype"]),
         },
     )
     vllm_enforce_eager: bool = field(
@@ -392,14 +382,14 @@ class CycleAlignConfig(TrainingArguments):
         metadata={
             "help": "'sft_target' (the SFT term trains on it, as in the paper) or 'candidate' "
             "(it also joins the ranking as the top candidate).",
-            "choices": list(_CHOICES["better_response_as"]),
+            "choices": list(CHOICES["better_response_as"]),
         },
     )
     ranker_failure_policy: str = field(
         default="skip",
         metadata={
             "help": "Target for prompts whose ranking failed: 'skip' or 'whitebox'.",
-            "choices": list(_CHOICES["ranker_failure_policy"]),
+            "choices": list(CHOICES["ranker_failure_policy"]),
         },
     )
     max_failed_steps: int | None = field(
@@ -413,7 +403,7 @@ class CycleAlignConfig(TrainingArguments):
         default="linear",
         metadata={
             "help": "Rewards from a ranking: 'linear' (n-1..0) or 'scores' (the ranker's scores).",
-            "choices": list(_CHOICES["reward_from_ranking"]),
+            "choices": list(CHOICES["reward_from_ranking"]),
         },
     )
     ranking_deadline: float | None = field(
@@ -451,7 +441,7 @@ class CycleAlignConfig(TrainingArguments):
         default="recent",
         metadata={
             "help": "Which demonstrations to show: 'recent' or 'similar'.",
-            "choices": list(_CHOICES["demonstration_selection"]),
+            "choices": list(CHOICES["demonstration_selection"]),
         },
     )
     demonstration_pool_size: int = field(
@@ -484,7 +474,7 @@ class CycleAlignConfig(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
-        if self.ddp_backend is None and _deepspeed_without_accelerator(self.deepspeed):
+        if self.ddp_backend is None and deepspeed_without_accelerator(self.deepspeed):
             # Left to itself, DeepSpeed on CPUs starts its own process group while the
             # Trainer counts one process, and fails with "train_batch_size is not equal to
             # micro_batch_per_gpu * gradient_acc_step * world_size". gloo is the CPU backend.
@@ -496,158 +486,8 @@ class CycleAlignConfig(TrainingArguments):
             "chat_template_kwargs",
             "ranking_loss_kwargs",
         ):
-            setattr(self, name, _parse_dict(name, getattr(self, name)))
+            setattr(self, name, parse_dict(name, getattr(self, name)))
         self._validate()
 
     def _validate(self) -> None:
-        if self.gradient_accumulation_steps != 1:
-            raise ValueError(
-                f"CycleAlignConfig: gradient_accumulation_steps must be 1, got "
-                f"{self.gradient_accumulation_steps}. Each training step runs up to max_rounds "
-                "rounds that update the weights in between, so gradients accumulated across "
-                "micro-batches would come from different models. Raise "
-                "per_device_train_batch_size instead."
-            )
-        _check_int("num_generations", self.num_generations, 2, "a ranking needs two responses")
-        _check_int("max_rounds", self.max_rounds, 1, "at least one round per step")
-        _check_int("max_completion_length", self.max_completion_length, 1, "responses need a token")
-        if self.max_demonstrations is not None:
-            _check_int("max_demonstrations", self.max_demonstrations, 0, "0 sends none")
-        _check_int("demonstration_pool_size", self.demonstration_pool_size, 1, "")
-        if self.max_failed_steps is not None:
-            _check_int("max_failed_steps", self.max_failed_steps, 1, "or None to never stop")
-        if self.num_completions_to_print is not None:
-            _check_int("num_completions_to_print", self.num_completions_to_print, 0, "or None")
-        for name in ("max_prompt_length", "scoring_batch_size", "demonstration_max_tokens"):
-            if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), 1, "or None for no limit")
-        if self.demonstration_max_tokens is None and self.max_demonstrations is None:
-            raise ValueError(
-                "CycleAlignConfig: demonstration_max_tokens and max_demonstrations are both None, "
-                "so every ranking request would carry the whole demonstration pool "
-                f"(up to demonstration_pool_size={self.demonstration_pool_size}). Set a token "
-                "budget (demonstration_max_tokens, default 4096) or a cap (max_demonstrations)."
-            )
-        if not self.temperature > 0:
-            raise ValueError(
-                f"CycleAlignConfig: temperature must be > 0 (responses are sampled), got "
-                f"{self.temperature}. For near-greedy sampling use a small value such as 0.1."
-            )
-        if not 0 < self.top_p <= 1:
-            raise ValueError(
-                f"CycleAlignConfig: top_p must be in (0, 1], got {self.top_p}. Use 1.0 to disable "
-                "nucleus sampling."
-            )
-        _check_int("top_k", self.top_k, 0, "0 disables top-k filtering")
-        if self.min_p is not None and not 0 <= self.min_p <= 1:
-            raise ValueError(
-                f"CycleAlignConfig: min_p must be in [0, 1] or None, got {self.min_p}. Typical "
-                "values are 0.01-0.2; None disables it."
-            )
-        if not self.repetition_penalty > 0:
-            raise ValueError(
-                f"CycleAlignConfig: repetition_penalty must be > 0, got "
-                f"{self.repetition_penalty}. Use 1.0 to disable it."
-            )
-        deadline = self.ranking_deadline
-        if deadline is not None and (
-            isinstance(deadline, bool)
-            or not isinstance(deadline, (int, float))
-            or not 0 < deadline < float("inf")
-        ):
-            raise ValueError(
-                f"CycleAlignConfig: ranking_deadline must be a number of seconds > 0 or None (the "
-                f"ranker's own bound), got {deadline!r}."
-            )
-        if self.stop_strings is not None and (
-            isinstance(self.stop_strings, str)
-            or not all(isinstance(x, str) and x for x in self.stop_strings)
-        ):
-            raise ValueError(
-                f"CycleAlignConfig: stop_strings must be a list of non-empty strings such as "
-                f"['Human:', 'Assistant:'], or None, got {self.stop_strings!r}."
-            )
-        for name, choices in _CHOICES.items():
-            if getattr(self, name) not in choices:
-                raise ValueError(
-                    f"CycleAlignConfig: {name} must be one of {list(choices)}, got "
-                    f"{getattr(self, name)!r}."
-                )
-        if self.use_vllm:
-            _validate_vllm_fields(self)
-        from .losses import get_ranking_loss
-
-        try:  # build it once so a bad name or keyword fails here, not at the first step
-            get_ranking_loss(self.ranking_loss, **(self.ranking_loss_kwargs or {}))
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(
-                f"CycleAlignConfig: ranking_loss={self.ranking_loss!r} with ranking_loss_kwargs="
-                f"{self.ranking_loss_kwargs!r} cannot be built: {err}"
-            ) from err
-
-
-def _validate_vllm_fields(args: CycleAlignConfig) -> None:
-    from .vllm_sampling import unmappable_generation_kwargs
-
-    if not 0 < args.vllm_gpu_memory_utilization <= 1:
-        raise ValueError(
-            "CycleAlignConfig: vllm_gpu_memory_utilization must be in (0, 1], got "
-            f"{args.vllm_gpu_memory_utilization}."
-        )
-    for name in ("vllm_max_model_length", "vllm_kv_cache_memory_bytes"):
-        if getattr(args, name) is not None:
-            _check_int(name, getattr(args, name), 1, "or None")
-    unmapped = unmappable_generation_kwargs(args.generation_kwargs)
-    if unmapped:
-        raise ValueError(
-            f"CycleAlignConfig: use_vllm=True cannot honour generation_kwargs {unmapped}: vLLM's "
-            "sampling has no counterpart for them (it maps temperature, top_p, top_k, min_p, "
-            "repetition_penalty, max_new_tokens, min_new_tokens, stop_strings and "
-            "do_sample=False). Remove them, or sample with transformers (use_vllm=False)."
-        )
-    if args.fsdp:
-        raise ValueError(
-            "CycleAlignConfig: use_vllm=True does not support FSDP yet (the weight sync "
-            "gathers DDP and DeepSpeed models). Use DeepSpeed ZeRO-3, or use_vllm=False."
-        )
-
-
-def _parse_dict(name: str, value: Any) -> dict | None:
-    if value is None or isinstance(value, dict):
-        return value
-    if isinstance(value, str):
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise ValueError(
-                f"CycleAlignConfig: {name} must be a dict or a JSON object string such as "
-                f"'{{\"key\": 1}}', got {value!r} ({err.msg})."
-            ) from None
-        if isinstance(parsed, dict):
-            return parsed
-    raise ValueError(
-        f"CycleAlignConfig: {name} must be a dict or a JSON object string such as "
-        f"'{{\"key\": 1}}', got {value!r}."
-    )
-
-
-def _check_int(name: str, value: Any, minimum: int, why: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        hint = f" ({why})" if why else ""
-        raise ValueError(
-            f"CycleAlignConfig: {name} must be an integer >= {minimum}{hint}, got {value!r}."
-        )
-
-
-def _deepspeed_without_accelerator(deepspeed: Any) -> bool:
-    """DeepSpeed asked for (a config, or ``accelerate launch`` with a DeepSpeed config) on a
-    machine with no accelerator torch can use."""
-    requested = bool(deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
-    if not requested:
-        return False
-    import torch
-
-    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
-    if accelerator is not None:
-        return not accelerator.is_available()
-    return not torch.cuda.is_available()
+        validate_config(self)

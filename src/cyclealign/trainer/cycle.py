@@ -43,6 +43,7 @@ from .checkpoint import restore_cycle_state, save_cycle_state
 from .completions import log_completion_table
 from .failures import FailureWatch
 from .fsdp import full_parameters_for_generation
+from .ranker_setup import check_better_response_source, require_ranker, warn_if_scores_unused
 from .round_log import RoundLogWriter, log_row
 from .stats import RoundStats, reduce_sum, stats_to_metrics
 
@@ -103,18 +104,7 @@ class CycleAlignTrainer(RankingTrainerBase):
         callbacks: list | None = None,
         optimizers: tuple = (None, None),
     ) -> None:
-        if ranker is None:
-            raise ValueError(
-                "CycleAlignTrainer needs a ranker (a BlackBoxRanker such as OpenAIRanker, "
-                "LocalChatRanker or FunctionRanker): the black box ranks the sampled responses "
-                "every round. To train on already-ranked data without one (the paper's PRO and "
-                "RRHF baselines), use cyclealign.OfflineRankingTrainer."
-            )
-        if not isinstance(ranker, BlackBoxRanker):
-            raise TypeError(
-                "CycleAlignTrainer: ranker must be a BlackBoxRanker (for example OpenAIRanker or "
-                f"FunctionRanker), got {type(ranker).__name__}."
-            )
+        require_ranker(ranker)
         self.ranker = ranker
         # Checked before anything is paid for: bad rows never reach the black box.
         policy = args.invalid_rows if isinstance(args, CycleAlignConfig) else "drop"
@@ -140,13 +130,8 @@ class CycleAlignTrainer(RankingTrainerBase):
             drop_static_demonstration(ranker)
         if self.is_deepspeed_enabled and self.args.max_rounds > 1:
             check_deepspeed_schedule(self.accelerator.state.deepspeed_plugin.deepspeed_config)
-        self._check_better_response_source()
-        if self.args.reward_from_ranking == "scores" and not self.loss_fn.uses_reward_values:
-            logger.warning(
-                "reward_from_ranking='scores' with ranking_loss=%r: this loss uses only the order "
-                "of the rewards, so the ranker's scores change nothing but how ties are broken.",
-                self.args.ranking_loss,
-            )
+        check_better_response_source(ranker, self.args)
+        warn_if_scores_unused(self.args, self.loss_fn)
         self.pool = DemonstrationPool(max_size=self.args.demonstration_pool_size)
         self._eval_stats = RoundStats()
         self.failures = FailureWatch(self.args.max_failed_steps)
@@ -158,32 +143,6 @@ class CycleAlignTrainer(RankingTrainerBase):
         if self.args.use_vllm:
             self.vllm = VLLMSampler(
                 self.model, self.accelerator, self.processing_class, self.args, self.eos_token_ids
-            )
-
-    def _check_better_response_source(self) -> None:
-        """Make the ranker ask for the better responses the trainer uses, or say why none
-        will come (once, at start)."""
-        if not self.args.use_better_response:
-            return
-        ranker, name = self.ranker, type(self.ranker).__name__
-        asks = getattr(ranker, "request_better_response", "n/a")
-        if asks is None:  # OpenAIRanker's default: follow the trainer
-            ranker.request_better_response = True
-        elif asks is False:
-            logger.warning(
-                "use_better_response=True, but this %s was built with "
-                "request_better_response=False: it never asks for a better response, so the "
-                "SFT term trains on the best sampled response. Leave request_better_response "
-                "unset (it follows the trainer) or set use_better_response=False.",
-                name,
-            )
-        elif getattr(ranker, "writes_better_responses", None) is False:
-            logger.warning(
-                "use_better_response=True, but %s writes no text, so it never returns a "
-                "better response: the SFT term trains on the best sampled response. Set "
-                "use_better_response=False to say so, or rank with a model that writes "
-                "(OpenAIRanker).",
-                name,
             )
 
     def _set_signature_columns_if_needed(self) -> None:
