@@ -35,7 +35,9 @@ from cyclealign import CycleAlignConfig, CycleAlignTrainer, OpenAIRanker
 from helpers import PROMPTS, build_tiny_model, build_tiny_tokenizer
 
 
-def run(delays: list[float], prompts: int, repeats: int, hidden: int) -> dict[float, dict]:
+def run(
+    delays: list[float], prompts: int, repeats: int, hidden: int, demonstrations: str
+) -> dict[float, dict]:
     """One training run in which the server's delay changes from step to step, so every
     delay is measured on the same model, in the same process, interleaved (slow drift of a
     shared machine hits all delays alike). The first step (delay 0) is a warm-up."""
@@ -67,6 +69,10 @@ def run(delays: list[float], prompts: int, repeats: int, hidden: int) -> dict[fl
             logging_steps=1,
             disable_tqdm=True,
             use_better_response=False,  # the judge writes none: ask for the ranking only
+            # "budget": the defaults (as many dynamic demonstrations as 4096 tokens hold, the
+            # static one); "none": neither, so each request is the query alone.
+            max_demonstrations=None if demonstrations == "budget" else 0,
+            use_static_demonstration=demonstrations == "budget",
         )
         chats = [[{"role": "user", "content": p}] for p in PROMPTS]  # the chat template applies
         data = Dataset.from_dict({"prompt": (chats * len(schedule))[: prompts * len(schedule)]})
@@ -108,7 +114,9 @@ def run(delays: list[float], prompts: int, repeats: int, hidden: int) -> dict[fl
     overlapped = [
         arrivals[i * prompts] < forward_ends[i] for i in range(len(schedule)) if schedule[i] > 0
     ]
-    results = {"overlapped": overlapped}
+    # Dynamic demonstrations per request (the pool fills over the run), over the timed steps.
+    shown = [logs[i]["demos/per_request"] for i in range(1, len(schedule))]
+    results = {"overlapped": overlapped, "demos_per_request": round(statistics.mean(shown), 1)}
     for d in delays:
         steps = [i for i, s in enumerate(schedule) if s == d and i > 0]
         results[d] = {
@@ -134,13 +142,21 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=8, help="steps per delay")
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 1024], help="widths")
+    parser.add_argument(
+        "--demonstrations",
+        nargs="+",
+        choices=["budget", "none"],
+        default=["budget", "none"],
+        help="'budget': the default demonstrations; 'none': the query alone",
+    )
     parser.add_argument("--json", default=None, help="default: benchmarks/results/")
     cli = parser.parse_args()
     delays = sorted(set(cli.delays) | {0.0})
     rows, overlapped = [], {}
-    for hidden in cli.hidden:
-        results = run(delays, cli.prompts, cli.repeats, hidden)
-        overlapped[hidden] = results.pop("overlapped")
+    for demos, hidden in [(m, h) for m in cli.demonstrations for h in cli.hidden]:
+        results = run(delays, cli.prompts, cli.repeats, hidden, demos)
+        overlapped[f"{demos}, width {hidden}"] = results.pop("overlapped")
+        per_request = results.pop("demos_per_request")
         zero = results[0.0]
         for d, r in results.items():
             ideal = max(0.0, d - zero["forward_s"])
@@ -152,6 +168,8 @@ def main() -> None:
             extra_wall = r["step_s"] - zero["step_s"]
             rows.append(
                 {
+                    "demonstrations": demos,
+                    "demos / request": per_request,
                     "width": hidden,
                     "delay d (s)": d,
                     "forward (s)": round(r["forward_s"], 3),
@@ -169,7 +187,7 @@ def main() -> None:
         f"{cli.repeats} steps per delay after a warm-up"
     )
     notes = [
-        f"width {w}: the first request reached the server before the forward pass ended in "
+        f"{w}: the first request reached the server before the forward pass ended in "
         f"{sum(o)} of {len(o)} steps with d > 0"
         for w, o in overlapped.items()
     ]

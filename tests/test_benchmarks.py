@@ -86,11 +86,22 @@ def test_ranker_concurrency_holds_its_limit(tmp_path):
 def test_latency_hiding_sends_requests_before_the_forward_pass(tmp_path):
     args = ["--delays", "0", "0.2", "--prompts", "2", "--repeats", "2", "--hidden", "512"]
     result = run_script("latency_hiding", tmp_path, *args)
-    assert [r["delay d (s)"] for r in result["rows"]] == [0.0, 0.2]
-    assert result["rows"][1]["sequential B*d"] == pytest.approx(0.4)
+    rows = result["rows"]
+    assert [(r["demonstrations"], r["delay d (s)"]) for r in rows] == [
+        ("budget", 0.0),
+        ("budget", 0.2),
+        ("none", 0.0),
+        ("none", 0.2),
+    ]
+    assert rows[1]["sequential B*d"] == pytest.approx(0.4)
+    # The default budget shows the agreements of earlier steps; "none" shows none.
+    assert rows[0]["demos / request"] > 0 and rows[2]["demos / request"] == 0
     # The requests are in flight while the forward pass (~0.3 s at this width) runs, not
     # sent after it: the server logged each step's first request before its forward ended.
-    assert result["details"]["overlapped"] == {"512": [True, True]}
+    assert result["details"]["overlapped"] == {
+        "budget, width 512": [True, True],
+        "none, width 512": [True, True],
+    }
 
 
 @pytest.mark.slow
