@@ -179,6 +179,21 @@ def test_truncated_structured_output_is_a_truncation():
     assert result.ranking is None and ranker.usage.failures == {"truncated": 1}
 
 
+def test_the_body_carries_the_messages_as_built_and_the_callers_extra_body():
+    # The messages go through the SDK's extra_body (it skips the SDK's slow transform).
+    with ChatServer(by_length) as server:
+        ranker = OpenAIRanker(
+            "judge", base_url=server.base_url, extra_body={"top_k": 20}, temperature=0.0
+        )
+        (request,) = requests_for(["a", "bb"])
+        (result,) = ranker.rank([request])
+        (sent,) = (r.body for r in server.requests)
+    expected, _ = ranker.template.build_messages(request, seed=ranker.seed)
+    assert sent["messages"] == expected and result.ranking is not None
+    assert sent["model"] == "judge" and sent["top_k"] == 20 and sent["temperature"] == 0.0
+    assert sent["seed"] == ranker.seed
+
+
 def test_structured_output_and_better_response():
     reply = Reply(json.dumps({"ranking": [1, 0], "better_response": "An even better one."}))
     with ChatServer(lambda body, n: reply) as server:
