@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .config import CycleAlignConfig
 
-__all__ = ["deepspeed_without_accelerator", "parse_dict", "validate_config"]
+__all__ = ["CHOICES", "deepspeed_without_accelerator", "parse_dict", "validate_config"]
 
 CHOICES = {
     "vllm_mode": ("colocate",),
