@@ -27,6 +27,7 @@ Two properties matter more than wording:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -86,9 +87,13 @@ DEFAULT_STATIC_DEMONSTRATION = Demonstration(
 )
 
 
+@functools.lru_cache(maxsize=16384)
 def escape_response(text: str) -> str:
     """Untrusted text (a response, a prompt) with nothing the answer parser could read as
-    structure: :func:`.grammar.escape`, which every template uses."""
+    structure: :func:`.grammar.escape`, which every template uses.
+
+    Cached: a pool's demonstrations are escaped again for every request that shows them (at
+    the default budget some 59 of them, in each of a batch's requests, round after round)."""
     return escape(text)
 
 
