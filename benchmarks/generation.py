@@ -19,7 +19,7 @@ new tokens each, temperature 1, so every engine does the same work) on SmolLM2-1
 
 Each engine runs in its own process, one after the other (a vLLM engine is not freed
 reliably, and two would share two cores). Without vLLM installed the vLLM rows are skipped
-with the reason; scripts/test.sh runs this script in the environment scripts/vllm-env.sh
+with the reason; scripts/test-vllm.sh runs this script in the environment scripts/vllm-env.sh
 builds.
 
     python benchmarks/generation.py            # SmolLM2-135M, 4 prompts x 4 x 32 tokens
@@ -30,15 +30,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _children import run_as_child, run_child
 from _report import emit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +59,7 @@ PROMPTS = [
 ]
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 SKIPPED = (
-    "skipped: vLLM is not installed in this environment (scripts/test.sh runs this script in "
+    "skipped: vLLM is not installed in this environment (scripts/test-vllm.sh runs this script in "
     "the one scripts/vllm-env.sh builds)"
 )
 TARGETS = {
@@ -342,17 +341,6 @@ CHILDREN = {"transformers": child_transformers, "vllm": child_vllm, "grpo": chil
 # -- the parent: children one after the other, then the table --------------------------------
 
 
-def run_child(name: str, cli) -> dict:
-    command = [sys.executable, __file__, "--child", name, *cli.passthrough]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.setdefault("VLLM_NO_USAGE_STATS", "1")
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=cli.timeout)
-    if proc.returncode != 0:
-        raise SystemExit(f"child {name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-6000:]}")
-    last = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")][-1]
-    return json.loads(last.removeprefix("RESULT "))
-
-
 def verdict(value: float | None, target: float, higher_is_better: bool) -> str:
     if value is None:
         return "not measured"
@@ -375,18 +363,12 @@ def main() -> None:
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--json", default=None, help="default: benchmarks/results/")
     cli = parser.parse_args()
-    if cli.child:
-        print("RESULT " + json.dumps(CHILDREN[cli.child](cli)), flush=True)
+    if run_as_child(cli, CHILDREN):
         return
-    argv = sys.argv[1:]
-    if "--json" in argv:
-        i = argv.index("--json")
-        argv = argv[:i] + argv[i + 2 :]
-    cli.passthrough = argv
 
-    hf = run_child("transformers", cli)
-    vllm = run_child("vllm", cli) if HAVE_VLLM else None
-    grpo = run_child("grpo", cli) if HAVE_VLLM else None
+    hf = run_child(__file__, "transformers", cli, cli.timeout)
+    vllm = run_child(__file__, "vllm", cli, cli.timeout) if HAVE_VLLM else None
+    grpo = run_child(__file__, "grpo", cli, cli.timeout) if HAVE_VLLM else None
     cycle = hf["cycle"]
     rows = [
         {

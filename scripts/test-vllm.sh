@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Every test: the main suite in this environment, then the vLLM tests (marker `vllm`) in the
-# environment scripts/vllm-env.sh builds (once; cached under ~/.cache/cyclealign).
+# The vLLM tests (marker `vllm`), in the environment scripts/vllm-env.sh builds (once; cached
+# under ~/.cache/cyclealign). The README's test command runs the main suite
+# (`python -m pytest -m "not vllm"`), then this script.
 #
-#   bash scripts/test.sh [pytest options for the main suite]
+#   bash scripts/test-vllm.sh
 #
 # Where vLLM cannot be installed (another OS or CPU) the vLLM tests are left out with a
 # message; with CYCLEALIGN_REQUIRE_VLLM=1 (as .ci/run sets) that fails instead, and so does
@@ -10,19 +11,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== main suite" >&2
-python -m pytest -m "not vllm" "$@"
-
 echo "== vLLM environment" >&2
 status=0
 VLLM_PY=$(PYTHON=${PYTHON:-$(command -v python)} bash scripts/vllm-env.sh | tail -n1) || status=$?
 if [[ $status -ne 0 ]]; then
     if [[ "${CYCLEALIGN_REQUIRE_VLLM:-0}" == 1 ]]; then
-        echo "test.sh: the vLLM environment could not be built (status $status) and" \
+        echo "test-vllm.sh: the vLLM environment could not be built (status $status) and" \
             "CYCLEALIGN_REQUIRE_VLLM=1: failing" >&2
         exit 1
     fi
-    echo "test.sh: no vLLM environment here (status $status): the vLLM tests did not run" >&2
+    echo "test-vllm.sh: no vLLM environment here (status $status): the vLLM tests did not run" >&2
     exit 0
 fi
 
